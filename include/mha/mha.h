@@ -1,0 +1,10 @@
+// Everything public in mha.
+#pragma once
+
+#include "mha/attention.h"
+#include "mha/errors.h"
+#include "mha/npy.h"
+#include "mha/reference.h"
+#include "mha/runtime.h"
+#include "mha/tensor.h"
+#include "mha/version.h"

@@ -1,0 +1,218 @@
+// .npy: magic "\x93NUMPY", version, header length (u16 for 1.0, u32 for 2.0/3.0), then a Python
+// dict literal {'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), } padded with spaces and
+// a newline, then the raw data.
+#include "mha/npy.h"
+
+#include <fmt/format.h>
+
+#include <cctype>
+#include <cstring>
+#include <fstream>
+#include <limits>
+
+#include "mha/errors.h"
+
+namespace mha {
+
+namespace {
+
+[[noreturn]] void io_fail(const std::string& path, const std::string& what) {
+  throw IoError(path, fmt::format("npy '{}': {}", path, what));
+}
+
+// A minimal reader of the header's dict literal: keys and values we need, nothing else accepted.
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& path) : s_(text), path_(path) {}
+
+  void parse(std::string& descr, bool& fortran, std::vector<std::int64_t>& shape) {
+    bool have_descr = false, have_order = false, have_shape = false;
+    expect('{');
+    for (;;) {
+      skip_ws();
+      if (peek() == '}') break;
+      const std::string key = string_literal();
+      expect(':');
+      if (key == "descr") {
+        descr = string_literal();
+        have_descr = true;
+      } else if (key == "fortran_order") {
+        fortran = boolean();
+        have_order = true;
+      } else if (key == "shape") {
+        shape = tuple();
+        have_shape = true;
+      } else {
+        fail(fmt::format("unexpected header key '{}'", key));
+      }
+      skip_ws();
+      if (peek() == ',') ++pos_;
+    }
+    if (!have_descr || !have_order || !have_shape)
+      fail("header lacks one of 'descr', 'fortran_order', 'shape'");
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& what) {
+    io_fail(path_, fmt::format("malformed header at byte {}: {}", pos_, what));
+  }
+  void skip_ws() {
+    while (pos_ < s_.size() && std::isspace(static_cast<unsigned char>(s_[pos_]))) ++pos_;
+  }
+  char peek() {
+    if (pos_ >= s_.size()) fail("header ends early");
+    return s_[pos_];
+  }
+  void expect(char c) {
+    skip_ws();
+    if (peek() != c) fail(fmt::format("expected '{}', found '{}'", c, s_[pos_]));
+    ++pos_;
+  }
+  std::string string_literal() {
+    skip_ws();
+    const char quote = peek();
+    if (quote != '\'' && quote != '"') fail("expected a quoted string");
+    const std::size_t end = s_.find(quote, pos_ + 1);
+    if (end == std::string::npos) fail("unterminated string");
+    std::string out = s_.substr(pos_ + 1, end - pos_ - 1);
+    pos_ = end + 1;
+    return out;
+  }
+  bool boolean() {
+    skip_ws();
+    if (s_.compare(pos_, 4, "True") == 0) { pos_ += 4; return true; }
+    if (s_.compare(pos_, 5, "False") == 0) { pos_ += 5; return false; }
+    fail("expected True or False");
+  }
+  std::vector<std::int64_t> tuple() {
+    expect('(');
+    std::vector<std::int64_t> dims;
+    for (;;) {
+      skip_ws();
+      if (peek() == ')') { ++pos_; break; }
+      if (!std::isdigit(static_cast<unsigned char>(peek()))) fail("expected a dimension");
+      std::int64_t v = 0;
+      while (pos_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[pos_]))) {
+        if (v > (std::numeric_limits<std::int64_t>::max() - 9) / 10) fail("dimension overflows");
+        v = v * 10 + (s_[pos_++] - '0');
+      }
+      dims.push_back(v);
+      skip_ws();
+      if (peek() == ',') ++pos_;
+    }
+    return dims;
+  }
+
+  const std::string& s_;
+  const std::string& path_;
+  std::size_t pos_ = 0;
+};
+
+}  // namespace
+
+std::int64_t NpyArray::numel() const {
+  std::int64_t n = 1;
+  for (auto d : shape) n *= d;
+  return n;
+}
+
+Tensor NpyArray::view() {
+  Tensor t;
+  t.data = bytes.data();
+  t.dtype = dtype;
+  t.rank = int(shape.size());
+  std::int64_t stride = 1;
+  for (int i = t.rank - 1; i >= 0; --i) {
+    t.shape[std::size_t(i)] = shape[std::size_t(i)];
+    t.strides[std::size_t(i)] = stride;
+    stride *= shape[std::size_t(i)];
+  }
+  return t;
+}
+
+NpyArray load_npy(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) io_fail(path, "cannot open file");
+  in.seekg(0, std::ios::end);
+  const std::int64_t file_size = in.tellg();
+  in.seekg(0);
+
+  char pre[10];
+  if (file_size < 10 || !in.read(pre, 10)) io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
+  if (std::memcmp(pre, "\x93NUMPY", 6) != 0) io_fail(path, "bad magic, expected \\x93NUMPY (not an .npy file)");
+  const int major = static_cast<unsigned char>(pre[6]);
+  std::int64_t header_len = 0, prefix = 0;
+  if (major == 1) {
+    header_len = static_cast<unsigned char>(pre[8]) | (static_cast<unsigned char>(pre[9]) << 8);
+    prefix = 10;
+  } else if (major == 2 || major == 3) {
+    char more[2];
+    if (!in.read(more, 2)) io_fail(path, "truncated header length");
+    header_len = std::int64_t(static_cast<unsigned char>(pre[8])) |
+                 std::int64_t(static_cast<unsigned char>(pre[9])) << 8 |
+                 std::int64_t(static_cast<unsigned char>(more[0])) << 16 |
+                 std::int64_t(static_cast<unsigned char>(more[1])) << 24;
+    prefix = 12;
+  } else {
+    io_fail(path, fmt::format("format version {}.{}, expected 1.0, 2.0 or 3.0", major, int(pre[7])));
+  }
+  if (prefix + header_len > file_size)
+    io_fail(path, fmt::format("truncated: header of {} bytes but the file has {}", header_len, file_size));
+  std::string header(std::size_t(header_len), '\0');
+  in.read(header.data(), header_len);
+
+  std::string descr;
+  bool fortran = false;
+  NpyArray a;
+  HeaderParser(header, path).parse(descr, fortran, a.shape);
+  if (descr == "<f4" || descr == "=f4") {
+    a.dtype = DType::f32;
+  } else if (descr == "<f2" || descr == "=f2") {
+    a.dtype = DType::f16;
+  } else {
+    throw Unsupported(path, fmt::format("npy '{}': dtype '{}', expected float32 ('<f4') or float16 ('<f2')", path, descr));
+  }
+  if (fortran)
+    throw Unsupported(path, fmt::format("npy '{}': fortran_order = True, expected C order", path));
+  if (a.shape.empty() || a.shape.size() > std::size_t(Tensor::kMaxRank))
+    throw Unsupported(path, fmt::format("npy '{}': rank {}, expected 1 to {}", path, a.shape.size(), Tensor::kMaxRank));
+  std::int64_t bytes = std::int64_t(size_of(a.dtype));
+  for (auto d : a.shape)
+    if (__builtin_mul_overflow(bytes, d, &bytes)) io_fail(path, "shape overflows");
+  const std::int64_t available = file_size - prefix - header_len;
+  if (available < bytes)
+    io_fail(path, fmt::format("truncated: shape needs {} data bytes, the file has {}", bytes, available));
+  if (available > bytes)
+    io_fail(path, fmt::format("{} bytes of trailing data after the array, expected exactly {}", available - bytes, bytes));
+  a.bytes.resize(std::size_t(bytes));
+  if (!in.read(reinterpret_cast<char*>(a.bytes.data()), bytes)) io_fail(path, "read error");
+  return a;
+}
+
+void save_npy(const std::string& path, DType dtype, const std::vector<std::int64_t>& shape,
+              const void* data) {
+  if (dtype == DType::bf16)
+    throw Unsupported(path, fmt::format("npy '{}': bf16 has no NumPy dtype, expected f32 or f16", path));
+  std::string dims;  // "(2, 3)", but "(5,)" for one dimension
+  std::int64_t n = 1;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    dims += fmt::format("{}{}", i ? ", " : "", shape[i]);
+    n *= shape[i];
+  }
+  if (shape.size() == 1) dims += ",";
+  std::string header = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}",
+                                   dtype == DType::f32 ? "<f4" : "<f2", dims);
+  // Pad so that the data starts on a 64-byte boundary, newline last.
+  const std::size_t total = 10 + header.size() + 1;
+  header.append((64 - total % 64) % 64, ' ');
+  header.push_back('\n');
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  if (!out) io_fail(path, "cannot open file for writing");
+  const char pre[10] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, char(header.size() & 0xff), char(header.size() >> 8)};
+  out.write(pre, 10);
+  out.write(header.data(), std::streamsize(header.size()));
+  out.write(static_cast<const char*>(data), std::streamsize(n * std::int64_t(size_of(dtype))));
+  if (!out) io_fail(path, "write error");
+}
+
+}  // namespace mha

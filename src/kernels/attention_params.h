@@ -1,0 +1,79 @@
+// The validated form of one attention call, shared by the flash kernels, the naive path and the
+// float64 reference. Plain data only (no member functions): the per-ISA kernel translation units
+// include it, and must not share any inline code compiled with different -m flags.
+#pragma once
+
+#include <cstdint>
+
+#include "mha/tensor.h"
+
+namespace mha::detail {
+
+struct AttentionParams {
+  const void* q = nullptr;
+  const void* k = nullptr;
+  const void* v = nullptr;
+  void* out = nullptr;
+  float* lse = nullptr;         // null when not requested
+  const void* mask = nullptr;   // null when no mask
+  DType in_dtype = DType::f32;  // q, k, v
+  DType out_dtype = DType::f32;
+  DType mask_dtype = DType::f32;
+
+  // Strides in elements. q/k/v/out: [batch, seq, head, dim]; lse: [batch, head, seq];
+  // mask: [batch, head, query, key], 0 where broadcast.
+  std::int64_t q_stride[4] = {};
+  std::int64_t k_stride[4] = {};
+  std::int64_t v_stride[4] = {};
+  std::int64_t out_stride[4] = {};
+  std::int64_t lse_stride[3] = {};
+  std::int64_t mask_stride[4] = {};
+
+  std::int64_t batch = 0;  // number of sequences (varlen: cu_seqlens size - 1)
+  std::int64_t hq = 0, hkv = 0;
+  std::int64_t nq = 0, nk = 0;  // per-sequence lengths; varlen: the maxima
+  std::int64_t d = 0, dv = 0;
+  float scale = 1.0f;
+  // Visible keys of local query i: [i + off - window_left, i + off + window_right] with
+  // off = len_k - len_q; -1 = unbounded. Causal is folded in as window_right = 0.
+  std::int64_t window_left = -1, window_right = -1;
+
+  // Varlen: sequence b spans rows [cu_q[b], cu_q[b+1]) of the tensors' seq axis (batch index 0).
+  const std::int32_t* cu_q = nullptr;
+  const std::int32_t* cu_k = nullptr;
+};
+
+// One sequence's placement: rows [q_offset, q_offset + len_q) of batch entry `batch_index`.
+struct SeqSpan {
+  std::int64_t batch_index, q_offset, len_q, k_offset, len_k;
+};
+
+static inline SeqSpan seq_span(const AttentionParams& p, std::int64_t b) {
+  if (p.cu_q == nullptr) return {b, 0, p.nq, 0, p.nk};
+  return {0, p.cu_q[b], p.cu_q[b + 1] - p.cu_q[b], p.cu_k[b], p.cu_k[b + 1] - p.cu_k[b]};
+}
+
+// First and one-past-last visible key for local query rows [i0, i1) of a sequence.
+struct KeyRange {
+  std::int64_t begin, end;
+};
+
+static inline KeyRange visible_keys(const AttentionParams& p, const SeqSpan& s, std::int64_t i0,
+                                    std::int64_t i1) {
+  const std::int64_t off = s.len_k - s.len_q;
+  std::int64_t lo = p.window_left < 0 ? 0 : i0 + off - p.window_left;
+  std::int64_t hi = p.window_right < 0 ? s.len_k : (i1 - 1) + off + p.window_right + 1;
+  if (lo < 0) lo = 0;
+  if (hi > s.len_k) hi = s.len_k;
+  if (hi < lo) hi = lo;
+  return {lo, hi};
+}
+
+static inline bool key_visible(const AttentionParams& p, const SeqSpan& s, std::int64_t i,
+                               std::int64_t j) {
+  const std::int64_t off = s.len_k - s.len_q;
+  return (p.window_left < 0 || j >= i + off - p.window_left) &&
+         (p.window_right < 0 || j <= i + off + p.window_right);
+}
+
+}  // namespace mha::detail

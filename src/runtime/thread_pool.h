@@ -1,0 +1,57 @@
+// A fixed set of worker threads running one data-parallel loop at a time.
+//
+// Determinism does not come from the pool: callers give every item its own output and never
+// combine across items in thread order. The pool only decides which thread runs an item.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace mha::detail {
+
+class ThreadPool {
+ public:
+  using Body = std::function<void(std::int64_t item)>;
+
+  explicit ThreadPool(int threads);  // threads >= 1, the caller included
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return int(workers_.size()) + 1; }
+
+  // Runs body(i) for every i in [0, n), items handed out in increasing order to whichever thread
+  // is free. Returns when all are done; rethrows the first exception thrown by a body. Calls from
+  // different threads are serialized; a call from inside a body runs inline.
+  void parallel_for(std::int64_t n, const Body& body);
+
+ private:
+  void worker_loop();
+  void drain();
+
+  std::vector<std::thread> workers_;
+  std::mutex run_mutex_;  // one loop at a time
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable done_;
+  std::uint64_t generation_ = 0;
+  int busy_ = 0;
+  bool stop_ = false;
+
+  const Body* body_ = nullptr;
+  std::int64_t count_ = 0;
+  std::atomic<std::int64_t> next_{0};
+  std::exception_ptr error_;
+};
+
+// The process-wide pool, sized by mha::set_num_threads (default: hardware concurrency).
+ThreadPool& global_pool();
+
+}  // namespace mha::detail

@@ -1,0 +1,55 @@
+// mha check: a sweep of shapes, options and dtypes against the float64 oracle, on every ISA.
+#include <fmt/format.h>
+
+#include "check/case.h"
+#include "commands.h"
+#include "report.h"
+#include "table.h"
+
+namespace mha::cli {
+
+namespace {
+
+struct CheckArgs {
+  int count = 40;
+  std::uint64_t seed = 1;
+  bool sweep = false;
+  std::string isa = "all";
+};
+
+void run(const CheckArgs& args) {
+  const std::vector<check::Case> cases =
+      args.sweep ? check::sweep_cases() : check::random_cases(args.count, args.seed);
+  const std::vector<Isa> isas = args.isa == "all" ? supported_isas() : std::vector<Isa>{parse_isa(args.isa)};
+  fmt::print("mha check: {} cases × {} ISA(s), {} thread(s); bar: max err <= 2 × naive err + floor\n\n",
+             cases.size(), isas.size(), num_threads());
+  Table table = accuracy_table();
+  int passed = 0, failed = 0;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const check::Case& c = cases[i];
+    const check::CaseData data(c);
+    const check::Baseline base = check::compute_baseline(c, data);
+    for (Isa isa : isas) {
+      const check::Accuracy a = check::evaluate(c, data, base, isa);
+      (a.pass ? passed : failed) += 1;
+      table.add(accuracy_row(std::to_string(i), c, isa, a));
+    }
+  }
+  table.print();
+  fmt::print("\n{} passed, {} failed\n", passed, failed);
+  if (failed > 0) throw Failed{};
+}
+
+}  // namespace
+
+void add_check(CLI::App& app) {
+  auto args = std::make_shared<CheckArgs>();
+  CLI::App* cmd = app.add_subcommand("check", "Random sweep against the float64 reference; non-zero exit on any failure");
+  cmd->add_option("--count", args->count, "Random cases")->check(CLI::Range(1, 100000));
+  cmd->add_option("--seed", args->seed, "Seed of the random sweep");
+  cmd->add_flag("--sweep", args->sweep, "Run the test suite's fixed sweep instead of random cases");
+  cmd->add_option("--check-isa", args->isa, "ISA to check: all (every one this CPU has) or one name");
+  cmd->callback([args] { run(*args); });
+}
+
+}  // namespace mha::cli

@@ -1,0 +1,15 @@
+// Subcommands of the `mha` CLI; each registers itself on the app and runs from its callback.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace mha::cli {
+
+void add_attend(CLI::App& app);
+void add_check(CLI::App& app);
+void add_demo(CLI::App& app);
+
+// Thrown by a subcommand that ran but found failures (exit status 1, no error message).
+struct Failed {};
+
+}  // namespace mha::cli

@@ -1,0 +1,94 @@
+// Designated initializers leave the other fields at their defaults on purpose.
+#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
+// mha demo: the README's first command. A short correctness check against the float64 oracle and a
+// timing table of the flash kernel against the naive path, on built-in shapes.
+#include <fmt/format.h>
+
+#include "check/case.h"
+#include "commands.h"
+#include "mha/reference.h"
+#include "report.h"
+#include "table.h"
+
+namespace mha::cli {
+
+namespace {
+
+using check::Case;
+using check::MaskKind;
+
+void correctness() {
+  const Case cases[] = {
+      {.b = 2, .nq = 200, .nk = 200, .hq = 8, .hkv = 2, .d = 64, .causal = true},
+      {.b = 2, .nq = 77, .nk = 300, .hq = 4, .hkv = 4, .d = 128, .dtype = DType::bf16, .mask = MaskKind::padding},
+      {.b = 1, .nq = 150, .nk = 150, .hq = 4, .hkv = 1, .d = 96, .dtype = DType::f16, .out_f32 = false, .causal = true, .window_left = 32, .window_right = 0},
+      {.hq = 4, .hkv = 2, .d = 80, .causal = true, .seqlens_q = {100, 1, 37}, .seqlens_k = {100, 130, 60}},
+  };
+  fmt::print("## Correctness: flash kernel vs the float64 oracle (ISA {}, {} threads)\n\n",
+             to_string(active_isa()), num_threads());
+  Table table = accuracy_table();
+  int failed = 0;
+  for (std::size_t i = 0; i < std::size(cases); ++i) {
+    const check::CaseData data(cases[i]);
+    const check::Baseline base = check::compute_baseline(cases[i], data);
+    const check::Accuracy a = check::evaluate(cases[i], data, base, active_isa());
+    failed += a.pass ? 0 : 1;
+    table.add(accuracy_row(std::to_string(i), cases[i], active_isa(), a));
+  }
+  table.print();
+  fmt::print("\n");
+  if (failed > 0) {
+    fmt::print("{} case(s) FAILED the accuracy bar\n", failed);
+    throw Failed{};
+  }
+}
+
+struct Shape {
+  Case c;
+  bool with_naive;
+};
+
+void timing() {
+  const Shape shapes[] = {
+      {{.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64}, true},
+      {{.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .causal = true}, true},
+      {{.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .dtype = DType::bf16}, false},
+      {{.b = 4, .nq = 384, .nk = 384, .hq = 16, .hkv = 16, .d = 64, .mask = MaskKind::padding}, true},
+      {{.b = 1, .nq = 2048, .nk = 2048, .hq = 8, .hkv = 2, .d = 128, .causal = true}, false},
+  };
+  fmt::print("## Timing: flash forward vs the naive path (ISA {}, {} threads)\n\n",
+             to_string(active_isa()), num_threads());
+  Table table({"shape", "options", "flash ms", "flash GFLOP/s", "naive ms", "naive GFLOP/s", "speedup"});
+  for (const Shape& s : shapes) {
+    const Case& c = s.c;
+    const check::CaseData data(c);
+    std::vector<std::uint8_t> storage;
+    const Tensor out = data.make_out(storage, c);
+    const double flops = attention_flops(data.tq, data.tk, data.tv, data.options);
+    const double flash = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); });
+    std::vector<std::string> row = {c.shape_string(), c.options_string(), fmt::format("{:.2f}", flash),
+                                    fmt::format("{:.1f}", flops / flash * 1e-6)};
+    if (s.with_naive) {
+      const double naive = time_ms([&] { reference::attention_naive(data.tq, data.tk, data.tv, out, data.options); }, 0.2);
+      row.insert(row.end(), {fmt::format("{:.2f}", naive), fmt::format("{:.1f}", flops / naive * 1e-6),
+                             fmt::format("{:.1f}×", naive / flash)});
+    } else {
+      row.insert(row.end(), {"-", "-", "-"});
+    }
+    table.add(std::move(row));
+  }
+  table.print();
+  fmt::print("\nGFLOP/s counts 2·(D + Dv) flops per visible (query, key) pair. Times are medians.\n");
+}
+
+}  // namespace
+
+void add_demo(CLI::App& app) {
+  CLI::App* cmd = app.add_subcommand("demo", "A short correctness check and timing table on built-in shapes");
+  cmd->callback([] {
+    correctness();
+    timing();
+  });
+}
+
+}  // namespace mha::cli

@@ -1,0 +1,40 @@
+#include "report.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+
+namespace mha::cli {
+
+Table accuracy_table() {
+  return Table({"#", "shape", "options", "isa", "max err", "naive err", "err / naive", "PCC", "result"});
+}
+
+std::vector<std::string> accuracy_row(const std::string& id, const check::Case& c, Isa isa,
+                                      const check::Accuracy& a) {
+  return {id,
+          c.shape_string(),
+          c.options_string(),
+          std::string(to_string(isa)),
+          fmt::format("{:.2e}", a.max_err),
+          fmt::format("{:.2e}", a.naive_max_err),
+          a.naive_max_err > 0 ? fmt::format("{:.2f}", a.max_err / a.naive_max_err) : "-",
+          fmt::format("{:.7f}", a.pcc),
+          a.pass ? "pass" : "FAIL"};
+}
+
+double time_ms(const std::function<void()>& fn, double budget_s) {
+  using clock = std::chrono::steady_clock;
+  fn();  // warm-up: caches, page faults, thread start
+  std::vector<double> ms;
+  const auto start = clock::now();
+  do {
+    const auto t0 = clock::now();
+    fn();
+    ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
+  } while (ms.size() < 3 || (std::chrono::duration<double>(clock::now() - start).count() < budget_s && ms.size() < 1000));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+}  // namespace mha::cli
