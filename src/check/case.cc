@@ -215,6 +215,26 @@ bool meets_bar(const Accuracy& a) {
          a.lse_err <= 2 * a.naive_lse_err + a.lse_floor;
 }
 
+Accuracy measure(const Baseline& base, const Tensor& out, const Tensor* lse) {
+  Accuracy a;
+  const std::vector<double> got = to_double(out);
+  a.max_err = max_abs_diff(got, base.out);
+  a.naive_max_err = max_abs_diff(base.naive_out, base.out);
+  a.floor = dtype_eps(out.dtype) * (max_abs_finite(base.out) + 0.3);
+  a.pcc = pearson(got, base.out);
+  for (double x : got) a.finite = a.finite && std::isfinite(x);
+  if (lse != nullptr) {
+    const std::vector<double> got_lse = to_double(*lse);
+    a.lse_err = max_abs_diff(got_lse, base.lse);
+    a.naive_lse_err = max_abs_diff(base.naive_lse, base.lse);
+    a.lse_floor = 4 * dtype_eps(DType::f32) * (max_abs_finite(base.lse) + 1.0);
+    for (double x : got_lse)
+      a.finite = a.finite && !std::isnan(x) && x != std::numeric_limits<double>::infinity();
+  }
+  a.pass = meets_bar(a);
+  return a;
+}
+
 Accuracy evaluate(const Case& c, const CaseData& data, const Baseline& base, Isa isa) {
   std::vector<std::uint8_t> out_storage;
   std::vector<float> lse_storage;
@@ -224,23 +244,7 @@ Accuracy evaluate(const Case& c, const CaseData& data, const Baseline& base, Isa
     const ScopedIsa scoped(isa);
     attention(data.tq, data.tk, data.tv, out, data.options, c.with_lse ? &lse : nullptr);
   }
-
-  Accuracy a;
-  const std::vector<double> got = to_double(out);
-  a.max_err = max_abs_diff(got, base.out);
-  a.naive_max_err = max_abs_diff(base.naive_out, base.out);
-  a.floor = dtype_eps(out.dtype) * (max_abs_finite(base.out) + 0.3);
-  a.pcc = pearson(got, base.out);
-  for (double x : got) a.finite = a.finite && std::isfinite(x);
-  if (c.with_lse) {
-    const std::vector<double> got_lse = to_double(lse);
-    a.lse_err = max_abs_diff(got_lse, base.lse);
-    a.naive_lse_err = max_abs_diff(base.naive_lse, base.lse);
-    a.lse_floor = 4 * dtype_eps(DType::f32) * (max_abs_finite(base.lse) + 1.0);
-    for (double x : got_lse) a.finite = a.finite && !std::isnan(x) && x != std::numeric_limits<double>::infinity();
-  }
-  a.pass = meets_bar(a);
-  return a;
+  return measure(base, out, c.with_lse ? &lse : nullptr);
 }
 
 }  // namespace mha::check

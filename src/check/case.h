@@ -87,6 +87,9 @@ struct Baseline {
 };
 Baseline compute_baseline(const Case& c, const CaseData& data);
 
+// Measures an output (and optional lse) of the case's shape against the baseline.
+Accuracy measure(const Baseline& base, const Tensor& out, const Tensor* lse);
+
 // Runs mha::attention under `isa` and measures it against the baseline.
 Accuracy evaluate(const Case& c, const CaseData& data, const Baseline& base, Isa isa);
 

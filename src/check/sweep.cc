@@ -1,5 +1,3 @@
-// Designated initializers leave the other fields at their defaults on purpose.
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 // The case lists: a fixed sweep for the test suite and a seeded random one for `mha check`.
 #include <algorithm>
 

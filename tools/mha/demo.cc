@@ -1,5 +1,3 @@
-// Designated initializers leave the other fields at their defaults on purpose.
-#pragma GCC diagnostic ignored "-Wmissing-field-initializers"
 // mha demo: the README's first command. A short correctness check against the float64 oracle and a
 // timing table of the flash kernel against the naive path, on built-in shapes.
 #include <fmt/format.h>

@@ -1,0 +1,167 @@
+// The `mha` binary end to end: attend over .npy files against the float64 oracle (same bar as the
+// sweep), varlen, layouts, dtypes, error exits, check and version.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <vector>
+
+#include "check/case.h"
+#include "mha/npy.h"
+#include "runtime/dtype_convert.h"
+#include "test_files.h"
+
+namespace mha {
+namespace {
+
+using testing::TempDir;
+
+struct Result {
+  int status;
+  std::string output;
+};
+
+Result run_cli(const std::string& args) {
+  const std::string cmd = std::string(MHA_CLI_PATH) + " " + args + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  while (std::size_t n = fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  const int rc = pclose(p);
+  return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, out};
+}
+
+// Saves a case's input (bf16 as the f32 values it holds: exact, and --dtype bf16 restores them).
+void save_input(const std::string& path, const Tensor& t, const std::vector<std::int64_t>& file_shape) {
+  std::vector<float> f32;
+  const void* data = t.data;
+  DType dt = t.dtype;
+  if (dt == DType::bf16) {
+    f32.resize(std::size_t(t.numel()));
+    for (std::size_t i = 0; i < f32.size(); ++i) f32[i] = detail::load_f32(t.data, dt, std::int64_t(i));
+    data = f32.data();
+    dt = DType::f32;
+  }
+  save_npy(path, dt, file_shape, data);
+}
+
+// Writes the case's inputs, runs `mha attend`, and measures its output against the oracle.
+check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
+  TempDir dir;
+  c.out_f32 = c.dtype != DType::f16;  // the CLI writes f16 for f16 inputs, f32 otherwise
+  const check::CaseData data(c);
+  const check::Baseline base = check::compute_baseline(c, data);
+  auto file_shape = [&](const Tensor& t) {
+    std::vector<std::int64_t> s(t.shape.begin(), t.shape.end());
+    if (c.bhsd) std::swap(s[1], s[2]);
+    if (c.varlen()) s.erase(s.begin());  // [total, H, D]
+    return s;
+  };
+  save_input(dir.file("q.npy"), data.tq, file_shape(data.tq));
+  save_input(dir.file("k.npy"), data.tk, file_shape(data.tk));
+  save_input(dir.file("v.npy"), data.tv, file_shape(data.tv));
+  std::string args = "attend --q " + dir.file("q.npy") + " --k " + dir.file("k.npy") + " --v " + dir.file("v.npy") +
+                     " --out " + dir.file("o.npy") + " --lse " + dir.file("lse.npy") + " --dtype " +
+                     std::string(to_string(c.dtype)) + (c.bhsd ? " --layout bhsd" : "") + (c.causal ? " --causal" : "");
+  if (c.window_left >= 0 || c.window_right >= 0)
+    args += " --window " + std::to_string(c.window_left) + " " + std::to_string(c.window_right);
+  if (c.scale) args += " --scale " + std::to_string(*c.scale);
+  if (data.options.mask) {
+    const Tensor& m = *data.options.mask;
+    save_input(dir.file("m.npy"), m, std::vector<std::int64_t>(m.shape.begin(), m.shape.begin() + m.rank));
+    args += " --mask " + dir.file("m.npy");
+  }
+  auto join = [](const std::vector<std::int32_t>& v) {
+    std::string s;
+    for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    return s;
+  };
+  if (c.varlen()) args += " --cu-seqlens-q " + join(data.cu_q) + " --cu-seqlens-k " + join(data.cu_k);
+  const Result r = run_cli(args + " " + extra);
+  EXPECT_EQ(r.status, 0) << r.output;
+  NpyArray out = load_npy(dir.file("o.npy"));
+  NpyArray lse = load_npy(dir.file("lse.npy"));
+  Tensor tout = out.view();
+  if (c.varlen()) {  // [total, H, Dv] -> [1, total, H, Dv]
+    tout = Tensor::bshd(out.bytes.data(), out.dtype, 1, out.shape[0], out.shape[1], out.shape[2]);
+  } else if (c.bhsd) {
+    tout = Tensor::bhsd(out.bytes.data(), out.dtype, out.shape[0], out.shape[2], out.shape[1], out.shape[3]);
+  }
+  const Tensor tlse = lse.view();
+  return check::measure(base, tout, &tlse);
+}
+
+TEST(Cli, Version) {
+  const Result r = run_cli("--version");
+  EXPECT_EQ(r.status, 0);
+  EXPECT_NE(r.output.find("mha 0.1.0"), std::string::npos);
+}
+
+TEST(Cli, AttendMatchesTheOracleForEveryOptionAndDtype) {
+  using check::Case;
+  using check::MaskKind;
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    const Case cases[] = {
+        {.b = 2, .nq = 70, .nk = 90, .hq = 4, .hkv = 2, .d = 64, .dtype = dt},
+        {.b = 1, .nq = 100, .nk = 60, .hq = 2, .hkv = 1, .d = 40, .dtype = dt, .causal = true},
+        {.b = 2, .nq = 33, .nk = 80, .hq = 2, .hkv = 2, .d = 32, .dtype = dt, .mask = MaskKind::padding},
+        {.b = 1, .nq = 50, .nk = 50, .hq = 2, .hkv = 2, .d = 16, .dtype = dt, .mask = MaskKind::bias},
+        {.b = 1, .nq = 80, .nk = 80, .hq = 3, .hkv = 1, .d = 24, .dtype = dt, .window_left = 9, .window_right = 4},
+        {.b = 2, .nq = 41, .nk = 67, .hq = 4, .hkv = 1, .d = 128, .dtype = dt, .causal = true, .bhsd = true},
+        {.hq = 2, .hkv = 1, .d = 64, .dtype = dt, .causal = true, .seqlens_q = {10, 1, 70}, .seqlens_k = {10, 30, 90}},
+        {.b = 1, .nq = 20, .nk = 30, .hq = 1, .hkv = 1, .d = 8, .dtype = dt, .scale = 0.25f},
+    };
+    for (const Case& c : cases) {
+      const check::Accuracy a = attend_case(c);
+      EXPECT_TRUE(a.pass) << c.shape_string() << " " << c.options_string() << ": err " << a.max_err << " naive "
+                          << a.naive_max_err << " lse err " << a.lse_err << " naive " << a.naive_lse_err;
+    }
+  }
+}
+
+TEST(Cli, AttendUnderEveryIsaAndThreadCount) {
+  const check::Case c{.b = 1, .nq = 130, .nk = 130, .hq = 2, .hkv = 1, .d = 64, .causal = true};
+  for (Isa isa : supported_isas()) {
+    const check::Accuracy a = attend_case(c, "");  // default ISA
+    EXPECT_TRUE(a.pass);
+    const Result r = run_cli(std::string("--isa ") + std::string(to_string(isa)) + " --threads 1 check --count 3 --check-isa " +
+                             std::string(to_string(isa)));
+    EXPECT_EQ(r.status, 0) << r.output;
+  }
+}
+
+TEST(Cli, AttendErrorsExitNonZeroWithAMessage) {
+  TempDir dir;
+  std::vector<float> q(2 * 5 * 4 * 8, 0.5f), k(2 * 7 * 3 * 8, 0.5f);
+  save_npy(dir.file("q.npy"), DType::f32, {2, 5, 4, 8}, q.data());
+  save_npy(dir.file("k.npy"), DType::f32, {2, 7, 3, 8}, k.data());
+  const std::string base = "attend --q " + dir.file("q.npy") + " --v " + dir.file("k.npy") + " --out " + dir.file("o.npy");
+  Result r = run_cli(base + " --k " + dir.file("k.npy"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("(kv heads) = 3 does not divide q.shape[2] (heads) = 4"), std::string::npos) << r.output;
+  EXPECT_FALSE(std::filesystem::exists(dir.file("o.npy")));
+
+  testing::write_bytes(dir.file("cut.npy"), testing::read_bytes(dir.file("k.npy")).substr(0, 100));
+  r = run_cli(base + " --k " + dir.file("cut.npy"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("truncated"), std::string::npos) << r.output;
+
+  r = run_cli(base + " --k " + dir.file("k.npy") + " --dtype f64");
+  EXPECT_NE(r.status, 0);
+  r = run_cli("attend --q " + dir.file("q.npy"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("required"), std::string::npos) << r.output;
+  r = run_cli("--isa sse9 check --count 1");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("isa = 'sse9'"), std::string::npos) << r.output;
+}
+
+TEST(Cli, CheckPassesAndReportsCounts) {
+  const Result r = run_cli("--threads 2 check --count 6 --seed 3");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find(" passed, 0 failed"), std::string::npos) << r.output;
+}
+
+}  // namespace
+}  // namespace mha
