@@ -1,5 +1,6 @@
 # ctest driver: install the build tree into a scratch prefix, then configure, build and run a
-# consumer project that uses find_package(mha). Variables: BUILD_DIR, SOURCE_DIR, WORK_DIR.
+# consumer project that uses find_package(mha). Variables: BUILD_DIR, SOURCE_DIR, WORK_DIR,
+# LINK_FLAGS (extra consumer link flags, e.g. a sanitizer runtime).
 file(REMOVE_RECURSE ${WORK_DIR})
 execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK_DIR}/prefix
                 RESULT_VARIABLE rc OUTPUT_QUIET)
@@ -13,6 +14,7 @@ foreach(f bin/mha include/mha/attention.h lib/cmake/mha/mhaConfig.cmake)
 endforeach()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/install_consumer -B ${WORK_DIR}/build
                         -DCMAKE_PREFIX_PATH=${WORK_DIR}/prefix -DCMAKE_BUILD_TYPE=Release
+                        "-DCMAKE_EXE_LINKER_FLAGS=${LINK_FLAGS}"
                 RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "consumer configure failed:\n${out}")

@@ -31,7 +31,7 @@ std::string Case::shape_string() const {
 
 std::string Case::options_string() const {
   std::string s(to_string(dtype));
-  if (!out_f32 && dtype != DType::f32) s += fmt::format("→{}", to_string(dtype));
+  if (!out_f32 && dtype != DType::f32) s += fmt::format(" out={}", to_string(dtype));
   if (causal) s += " causal";
   if (window_left >= 0 || window_right >= 0) s += fmt::format(" window({},{})", window_left, window_right);
   switch (mask) {
