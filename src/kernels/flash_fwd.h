@@ -14,11 +14,12 @@ inline constexpr std::int64_t kFlashBlockQ = 64;
 inline constexpr std::int64_t kFlashBlockK = 64;
 inline constexpr std::int64_t kFlashMaxDim = 256;
 
-// Floats of scratch a kernel needs per worker thread: Q tile, Kᵀ tile, V tile, S/P tile, O tile,
-// row max and row sum. Independent of sequence lengths.
+// Floats of scratch a kernel needs per worker thread: Qᵀ, converted K and V tiles, the Sᵀ/Pᵀ tile,
+// a transposed mask tile, the O tile, and per-row max, sum and rescale. Independent of sequence
+// lengths.
 inline constexpr std::int64_t kFlashScratchFloats =
-    kFlashBlockQ * kFlashMaxDim + kFlashMaxDim * kFlashBlockK + kFlashBlockK * kFlashMaxDim +
-    kFlashBlockQ * kFlashBlockK + kFlashBlockQ * kFlashMaxDim + 2 * kFlashBlockQ;
+    kFlashMaxDim * kFlashBlockQ + 2 * kFlashBlockK * kFlashMaxDim + 2 * kFlashBlockK * kFlashBlockQ +
+    kFlashBlockQ * kFlashMaxDim + 3 * kFlashBlockQ;
 
 // One work item: query rows [q_begin, q_end) (local to sequence b) of query head h. Every output
 // row belongs to exactly one item, so items never combine results across threads.

@@ -1,16 +1,24 @@
-// The flash-attention forward body in portable C++, compiled once per ISA: each
-// flash_fwd_<isa>.cc defines MHA_KERNEL_NS and includes this file under its own -m flags, and the
-// compiler vectorizes the fixed-width inner loops for that ISA. Everything here has internal
-// linkage, so no code compiled for one ISA can leak into another's callers.
+// The flash-attention forward body, written once over the vector type of simd.h and compiled per
+// ISA: each flash_fwd_<isa>.cc defines MHA_KERNEL_NS and includes this file under its own -m flags.
+// Everything here has internal linkage, so no code compiled for one ISA leaks into another's callers.
 //
-// Tiling (FlashAttention-2 order, one work item = 64 query rows of one head):
-//   Q tile [64 x D] is converted to f32 once and stays in L1/L2 for the whole item.
-//   For each 64-key tile inside the visible key range (causal/window tiles outside it are never
-//   visited): Kᵀ [D x 64] and V [64 x Dv] are converted/packed to f32, S = Q·Kᵀ, then per row the
-//   online softmax (new max, one rescale factor per row per tile, P = exp(S - max)), then O += P·V.
-//   Working memory is kFlashScratchFloats per thread (~280 KB at D = 256), independent of Nq, Nk.
-// Traffic per item: Q once, each visible K/V tile once, O once; K/V are re-read once per query tile
-// (64 rows), i.e. 2·Nk·D·Nq/64 element loads against 4·Nq·Nk·D flops: 128 flops per element read.
+// One work item = up to 64 query rows (BQ) of one head, against 64-key tiles (BK) of the visible
+// key range; tiles outside it (causal, window) are never visited.
+//
+// The scores are computed transposed, Sᵀ = K·Qᵀ, with vector lanes along the query rows:
+//  - Qᵀ [D][64] is packed (and converted to f32) once per item;
+//  - K rows are read in place (f32 with unit stride) or converted once per tile: each Sᵀ register
+//    block broadcasts K[j][d] for KB keys and multiplies by IV vectors of Qᵀ[d] (KB·IV FMAs per
+//    IV + KB loads), so f32 keys are never packed or transposed;
+//  - the online softmax then runs down the key axis with N query rows per vector: row max, exp and
+//    sum are lane-wise across vectors, with no horizontal reductions, and the rescale factor
+//    alpha = exp(m_old - m_new) is one vector per N rows per tile;
+//  - O [64][Dv] += P·V keeps RB rows × DB vectors of O in registers over the tile's keys,
+//    broadcasting P[i][j] and reading V rows in place; the alpha rescale is folded into the load
+//    of those registers, so it costs one multiply per O element per tile.
+// Traffic: Q once per item; each visible K/V tile once per item (from L2 for long sequences);
+// O stays in L1/L2 until the item ends. Working memory is kFlashScratchFloats per thread
+// (~420 KB at D = 256), independent of the sequence lengths.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including flash_fwd_impl.h"
 #endif
@@ -19,6 +27,7 @@
 #include <cstring>
 
 #include "kernels/flash_fwd.h"
+#include "kernels/simd.h"
 #include "runtime/dtype_convert.h"
 
 namespace mha::detail::MHA_KERNEL_NS {
@@ -27,128 +36,105 @@ namespace {
 
 constexpr std::int64_t BQ = kFlashBlockQ;
 constexpr std::int64_t BK = kFlashBlockK;
-constexpr std::int64_t kRowBlock = 4;  // rows per micro-kernel step
+constexpr int N = Vec::N;
+constexpr std::int64_t QV = BQ / N;  // query vectors per item
+#if defined(__AVX512F__)
+constexpr int KB = 4, IV = 4, RB = 4, DB = 4;  // register blocks: 21 of 32 zmm
+#else
+constexpr int KB = 4, IV = 2, RB = 4, DB = 2;  // register blocks: 11 of 16 ymm/xmm
+#endif
+static_assert(BQ % N == 0 && QV % IV == 0 && BK % KB == 0);
 constexpr float kNegInf = -__builtin_inff();
 
-// exp(x) for x <= ~88, branch-free so loops over it vectorize: x = n·ln2 + r with |r| <= ln2/2,
-// exp(r) by a degree-7 Taylor polynomial (truncation < 6e-9 relative), 2^n put in the exponent.
-// Relative error about 2 ulp; returns exactly 0 below -87 (including -inf), where the true value is
-// under 2^-125 and negligible next to the row maximum's exp(0) = 1.
-inline float exp_approx(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float shifter = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer
-  const float t = xc * 1.44269504088896341f + shifter;
-  const float n = t - shifter;
-  float r = xc - n * 0.693145751953125f;  // ln2 split in a part exact in f32 and the rest
-  r = r - n * 1.428606765330187045e-06f;
-  float poly = 1.0f / 5040.0f;
-  poly = poly * r + 1.0f / 720.0f;
-  poly = poly * r + 1.0f / 120.0f;
-  poly = poly * r + 1.0f / 24.0f;
-  poly = poly * r + 1.0f / 6.0f;
-  poly = poly * r + 0.5f;
-  poly = poly * r + 1.0f;
-  poly = poly * r + 1.0f;
-  const std::int32_t e = std::int32_t(n) + 127;
-  const float two_n = __builtin_bit_cast(float, e << 23);
-  const float y = poly * two_n;
-  return x < -87.0f ? 0.0f : y;
-}
+inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
+inline std::int64_t clamp(std::int64_t x, std::int64_t lo, std::int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
 
-// Copies `rows` x `cols` elements (row r at base + r·row_stride, column c at + c·col_stride) into
-// dst, as f32, row r at dst + r·ld (or transposed: column c at dst + c·ld when Transpose).
-template <bool Transpose>
-void load_tile(const void* base, DType dt, std::int64_t row_stride, std::int64_t col_stride,
-               std::int64_t rows, std::int64_t cols, float* __restrict dst, std::int64_t ld) {
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const std::int64_t off = r * row_stride;
+// dst[0..n) = elements 0, stride, 2·stride, ... of src (dtype dt), as f32.
+inline void to_f32(const void* src, DType dt, std::int64_t stride, std::int64_t n, float* __restrict dst) {
+  std::int64_t i = 0;
+  if (stride == 1) {
     if (dt == DType::f32) {
-      const float* src = static_cast<const float*>(base) + off;
-      if (!Transpose && col_stride == 1) {
-        std::memcpy(dst + r * ld, src, std::size_t(cols) * sizeof(float));
-      } else {
-        for (std::int64_t c = 0; c < cols; ++c)
-          dst[Transpose ? c * ld + r : r * ld + c] = src[c * col_stride];
-      }
+      std::memcpy(dst, src, std::size_t(n) * sizeof(float));
+      return;
+    }
+#if defined(__AVX2__)
+    const auto* s = static_cast<const std::uint16_t*>(src);
+    if (dt == DType::f16) {
+      for (; i + N <= n; i += N) Vec::store(dst + i, Vec::load_f16(s + i));
     } else {
-      const std::uint16_t* src = static_cast<const std::uint16_t*>(base) + off;
-      for (std::int64_t c = 0; c < cols; ++c) {
-        const std::uint16_t h = src[c * col_stride];
-        dst[Transpose ? c * ld + r : r * ld + c] =
-            dt == DType::bf16 ? bf16_to_f32(h) : f16_to_f32(h);
-      }
+      for (; i + N <= n; i += N) Vec::store(dst + i, Vec::load_bf16(s + i));
     }
+#endif
+  }
+  for (; i < n; ++i) dst[i] = load_f32(src, dt, i * stride);
+}
+
+// Sᵀ[j0 + k][iv0·N ...] for KB keys (rows krows[k]) and NV query vectors of Qᵀ.
+template <int NV>
+inline void qk_block(const float* __restrict Qt, std::int64_t D, const float* const* krows,
+                     float* __restrict S, std::int64_t iv0) {
+  Vec::T acc[KB][NV];
+  for (int k = 0; k < KB; ++k)
+    for (int v = 0; v < NV; ++v) acc[k][v] = Vec::zero();
+  const float* q = Qt + iv0 * N;
+  for (std::int64_t d = 0; d < D; ++d, q += BQ) {
+    Vec::T qv[NV];
+    for (int v = 0; v < NV; ++v) qv[v] = Vec::load(q + v * N);
+    for (int k = 0; k < KB; ++k) {
+      const Vec::T kb = Vec::bcast(krows[k] + d);
+      for (int v = 0; v < NV; ++v) acc[k][v] = Vec::fmadd(kb, qv[v], acc[k][v]);
+    }
+  }
+  for (int k = 0; k < KB; ++k)
+    for (int v = 0; v < NV; ++v) Vec::store(S + k * BQ + (iv0 + v) * N, acc[k][v]);
+}
+
+// O[r0..r0+NR)[c0·N .. (c0+NC)·N) = alpha·O + Σ_j P[j][r]·V[j][...], P stored as Pᵀ [BK][BQ].
+template <int NR, int NC>
+inline void pv_block(const float* __restrict P, const float* __restrict V, std::int64_t v_stride,
+                     std::int64_t cols, float* __restrict O, std::int64_t ldo, const float* alpha,
+                     std::int64_t r0, std::int64_t c0) {
+  Vec::T acc[NR][NC];
+  for (int r = 0; r < NR; ++r) {
+    const Vec::T a = Vec::bcast(alpha + r0 + r);
+    for (int c = 0; c < NC; ++c) acc[r][c] = Vec::mul(Vec::load(O + (r0 + r) * ldo + (c0 + c) * N), a);
+  }
+  for (std::int64_t j = 0; j < cols; ++j) {
+    const float* vr = V + j * v_stride + c0 * N;
+    Vec::T vv[NC];
+    for (int c = 0; c < NC; ++c) vv[c] = Vec::load(vr + c * N);
+    const float* p = P + j * BQ + r0;
+    for (int r = 0; r < NR; ++r) {
+      const Vec::T pb = Vec::bcast(p + r);
+      for (int c = 0; c < NC; ++c) acc[r][c] = Vec::fmadd(pb, vv[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < NR; ++r)
+    for (int c = 0; c < NC; ++c) Vec::store(O + (r0 + r) * ldo + (c0 + c) * N, acc[r][c]);
+}
+
+// pv_block over all `nvec` vectors of one row block.
+template <int NR>
+inline void pv_rows(const float* P, const float* V, std::int64_t v_stride, std::int64_t cols, float* O,
+                    std::int64_t ldo, const float* alpha, std::int64_t r0, std::int64_t nvec) {
+  std::int64_t c0 = 0;
+  for (; c0 + DB <= nvec; c0 += DB) pv_block<NR, DB>(P, V, v_stride, cols, O, ldo, alpha, r0, c0);
+  switch (nvec - c0) {
+    case 1: pv_block<NR, 1>(P, V, v_stride, cols, O, ldo, alpha, r0, c0); break;
+#if defined(__AVX512F__)
+    case 2: pv_block<NR, 2>(P, V, v_stride, cols, O, ldo, alpha, r0, c0); break;
+    case 3: pv_block<NR, 3>(P, V, v_stride, cols, O, ldo, alpha, r0, c0); break;
+#endif
+    default: break;
   }
 }
 
-// S[r][j] = Σ_d Q[r][d]·Kᵀ[d][j] for rows [0, rows4) (a multiple of kRowBlock) and all BK columns.
-void qk_tile(const float* __restrict Q, std::int64_t D, const float* __restrict Kt,
-             float* __restrict S, std::int64_t rows4) {
-  for (std::int64_t r = 0; r < rows4; r += kRowBlock) {
-    float acc[kRowBlock][BK] = {};
-    const float* q = Q + r * D;
-    for (std::int64_t d = 0; d < D; ++d) {
-      const float* __restrict k = Kt + d * BK;
-      const float a0 = q[d], a1 = q[D + d], a2 = q[2 * D + d], a3 = q[3 * D + d];
-      for (std::int64_t j = 0; j < BK; ++j) {
-        acc[0][j] += a0 * k[j];
-        acc[1][j] += a1 * k[j];
-        acc[2][j] += a2 * k[j];
-        acc[3][j] += a3 * k[j];
-      }
-    }
-    std::memcpy(S + r * BK, acc, sizeof(acc));
-  }
-}
-
-// O[r][:] += Σ_j P[r][j]·V[j][:] for rows [0, rows4) and keys [0, cols).
-void pv_tile(const float* __restrict P, const float* __restrict V, float* __restrict O,
-             std::int64_t rows4, std::int64_t cols, std::int64_t Dv) {
-  for (std::int64_t r = 0; r < rows4; r += kRowBlock) {
-    float* __restrict o0 = O + r * Dv;
-    float* __restrict o1 = o0 + Dv;
-    float* __restrict o2 = o1 + Dv;
-    float* __restrict o3 = o2 + Dv;
-    const float* p = P + r * BK;
-    for (std::int64_t j = 0; j < cols; ++j) {
-      const float p0 = p[j], p1 = p[BK + j], p2 = p[2 * BK + j], p3 = p[3 * BK + j];
-      if (p0 == 0.0f && p1 == 0.0f && p2 == 0.0f && p3 == 0.0f) continue;
-      const float* __restrict vr = V + j * Dv;
-      for (std::int64_t d = 0; d < Dv; ++d) {
-        o0[d] += p0 * vr[d];
-        o1[d] += p1 * vr[d];
-        o2[d] += p2 * vr[d];
-        o3[d] += p3 * vr[d];
-      }
-    }
-  }
-}
-
-// Row max and sum over BK floats with independent lanes, so both vectorize without reassociation
-// flags; the lane order is fixed, so results do not depend on anything but the data.
-inline float row_max(const float* __restrict x) {
-  float lanes[16];
-  for (int i = 0; i < 16; ++i) lanes[i] = x[i];
-  for (std::int64_t j = 16; j < BK; j += 16)
-    for (int i = 0; i < 16; ++i) lanes[i] = x[j + i] > lanes[i] ? x[j + i] : lanes[i];
-  float m = lanes[0];
-  for (int i = 1; i < 16; ++i) m = lanes[i] > m ? lanes[i] : m;
-  return m;
-}
-
-// x[j] = exp(x[j] - shift); returns Σ x[j].
-inline float exp_and_sum(float* __restrict x, float shift) {
-  float lanes[16] = {};
-  for (std::int64_t j = 0; j < BK; j += 16) {
-    for (int i = 0; i < 16; ++i) {
-      const float e = exp_approx(x[j + i] - shift);
-      x[j + i] = e;
-      lanes[i] += e;
-    }
-  }
-  float s = 0;
-  for (int i = 0; i < 16; ++i) s += lanes[i];
-  return s;
+// Full RB-row blocks, then single rows, so a few query rows (decoding) cost only their own work.
+inline void pv_tile(const float* P, const float* V, std::int64_t v_stride, std::int64_t cols, float* O,
+                    std::int64_t ldo, const float* alpha, std::int64_t rows, std::int64_t nvec) {
+  std::int64_t r0 = 0;
+  for (; r0 + RB <= rows; r0 += RB) pv_rows<RB>(P, V, v_stride, cols, O, ldo, alpha, r0, nvec);
+  for (; r0 < rows; ++r0) pv_rows<1>(P, V, v_stride, cols, O, ldo, alpha, r0, nvec);
 }
 
 }  // namespace
@@ -156,26 +142,36 @@ inline float exp_and_sum(float* __restrict x, float shift) {
 void flash_fwd(const AttentionParams& p, const FlashTile& t, float* scratch) {
   const SeqSpan s = seq_span(p, t.b);
   const std::int64_t rows = t.q_end - t.q_begin;
-  const std::int64_t rows4 = (rows + kRowBlock - 1) / kRowBlock * kRowBlock;
-  const std::int64_t D = p.d, Dv = p.dv;
+  const std::int64_t D = p.d, Dv = p.dv, DvP = round_up(Dv, N);
   const std::int64_t kvh = t.h / (p.hq / p.hkv);
   const std::size_t esz = elem_size(p.in_dtype);
 
-  float* const Q = scratch;                   // [BQ][D]
-  float* const Kt = Q + BQ * kFlashMaxDim;    // [D][BK]
-  float* const V = Kt + kFlashMaxDim * BK;    // [BK][Dv]
-  float* const S = V + BK * kFlashMaxDim;     // [BQ][BK], scores then probabilities
-  float* const O = S + BQ * BK;               // [BQ][Dv]
-  float* const m = O + BQ * kFlashMaxDim;     // running row max
-  float* const l = m + BQ;                    // running row sum
+  float* const Qt = scratch;                  // [D][BQ]
+  float* const Kc = Qt + kFlashMaxDim * BQ;   // [BK][D] keys, when not read in place
+  float* const Vc = Kc + BK * kFlashMaxDim;   // [BK][DvP] values, when not read in place
+  float* const S = Vc + BK * kFlashMaxDim;    // [BK][BQ] Sᵀ, then Pᵀ
+  float* const Mt = S + BK * BQ;              // [BK][BQ] mask tile, transposed
+  float* const O = Mt + BK * BQ;              // [BQ][DvP]
+  float* const m = O + BQ * kFlashMaxDim;     // running max per row
+  float* const l = m + BQ;                    // running sum per row
+  float* const alpha = l + BQ;                // this tile's rescale per row
 
-  const auto* qbase = static_cast<const char*>(p.q) +
-      esz * std::size_t(s.batch_index * p.q_stride[0] + (s.q_offset + t.q_begin) * p.q_stride[1] +
-                        t.h * p.q_stride[2]);
-  load_tile<false>(qbase, p.in_dtype, p.q_stride[1], p.q_stride[3], rows, D, Q, D);
-  std::memset(Q + rows * D, 0, std::size_t((rows4 - rows) * D) * sizeof(float));
-  std::memset(O, 0, std::size_t(rows4 * Dv) * sizeof(float));
-  for (std::int64_t r = 0; r < rows; ++r) {
+  // Qᵀ, zero-padded to BQ rows.
+  {
+    const auto* qbase = static_cast<const char*>(p.q) +
+        esz * std::size_t(s.batch_index * p.q_stride[0] + (s.q_offset + t.q_begin) * p.q_stride[1] + t.h * p.q_stride[2]);
+    float row[kFlashMaxDim];
+    for (std::int64_t r = 0; r < BQ; ++r) {
+      if (r < rows) {
+        to_f32(qbase + esz * std::size_t(r * p.q_stride[1]), p.in_dtype, p.q_stride[3], D, row);
+      } else {
+        std::memset(row, 0, std::size_t(D) * sizeof(float));
+      }
+      for (std::int64_t d = 0; d < D; ++d) Qt[d * BQ + r] = row[d];
+    }
+  }
+  std::memset(O, 0, std::size_t(BQ * DvP) * sizeof(float));
+  for (std::int64_t r = 0; r < BQ; ++r) {
     m[r] = kNegInf;
     l[r] = 0.0f;
   }
@@ -184,71 +180,117 @@ void flash_fwd(const AttentionParams& p, const FlashTile& t, float* scratch) {
       esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + kvh * p.k_stride[2]);
   const auto* vbase = static_cast<const char*>(p.v) +
       esz * std::size_t(s.batch_index * p.v_stride[0] + s.k_offset * p.v_stride[1] + kvh * p.v_stride[2]);
+  const bool k_direct = p.in_dtype == DType::f32 && p.k_stride[3] == 1;
+  const bool v_direct = p.in_dtype == DType::f32 && p.v_stride[3] == 1 && Dv % N == 0;
   const std::size_t msz = elem_size(p.mask_dtype);
   const char* mbase = p.mask == nullptr ? nullptr
       : static_cast<const char*>(p.mask) + msz * std::size_t(t.b * p.mask_stride[0] + t.h * p.mask_stride[1]);
+  const bool mask_per_row = mbase != nullptr && p.mask_stride[2] != 0;
 
+  const std::int64_t qv_rows = (rows + N - 1) / N;  // query vectors holding real rows
+  const Vec::T scale = Vec::set1(p.scale);
+  const Vec::T neg_inf = Vec::set1(kNegInf);
   const KeyRange keys = visible_keys(p, s, t.q_begin, t.q_end);
   const std::int64_t off = s.len_k - s.len_q;
+
   for (std::int64_t kb = keys.begin; kb < keys.end; kb += BK) {
     const std::int64_t cols = keys.end - kb < BK ? keys.end - kb : BK;
-    load_tile<true>(kbase + esz * std::size_t(kb * p.k_stride[1]), p.in_dtype, p.k_stride[1],
-                    p.k_stride[3], cols, D, Kt, BK);
-    if (cols < BK)
-      for (std::int64_t d = 0; d < D; ++d)
-        std::memset(Kt + d * BK + cols, 0, std::size_t(BK - cols) * sizeof(float));
-    load_tile<false>(vbase + esz * std::size_t(kb * p.v_stride[1]), p.in_dtype, p.v_stride[1],
-                     p.v_stride[3], cols, Dv, V, Dv);
+    const char* ktile = kbase + esz * std::size_t(kb * p.k_stride[1]);
+    const char* vtile = vbase + esz * std::size_t(kb * p.v_stride[1]);
 
-    qk_tile(Q, D, Kt, S, rows4);
+    // Sᵀ = K·Qᵀ over the tile's keys (a partial last block repeats the last key; masked below).
+    if (!k_direct)
+      for (std::int64_t j = 0; j < cols; ++j)
+        to_f32(ktile + esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], D, Kc + j * D);
+    auto key_row = [&](std::int64_t j) {
+      return k_direct ? reinterpret_cast<const float*>(ktile) + j * p.k_stride[1] : Kc + j * D;
+    };
+    for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
+      const float* kr[KB];
+      for (int k = 0; k < KB; ++k) kr[k] = key_row(j0 + k < cols ? j0 + k : cols - 1);
+      std::int64_t iv0 = 0;
+      for (; iv0 + IV <= qv_rows; iv0 += IV) qk_block<IV>(Qt, D, kr, S + j0 * BQ, iv0);
+      for (; iv0 < qv_rows; ++iv0) qk_block<1>(Qt, D, kr, S + j0 * BQ, iv0);
+    }
 
-    // Is every (row, key) of this tile inside the window? Then no per-element test is needed.
-    const bool all_visible =
-        (p.window_left < 0 || kb >= (t.q_end - 1) + off - p.window_left) &&
-        (p.window_right < 0 || kb + cols - 1 <= t.q_begin + off + p.window_right);
-    for (std::int64_t r = 0; r < rows; ++r) {
-      float* __restrict srow = S + r * BK;
-      const std::int64_t i = t.q_begin + r;
-      for (std::int64_t j = 0; j < cols; ++j) srow[j] *= p.scale;
-      if (mbase != nullptr) {
-        const char* mrow = mbase + msz * std::size_t(i * p.mask_stride[2] + kb * p.mask_stride[3]);
-        for (std::int64_t j = 0; j < cols; ++j)
-          srow[j] += load_f32(mrow, p.mask_dtype, j * p.mask_stride[3]);
-      }
-      if (!all_visible)
-        for (std::int64_t j = 0; j < cols; ++j)
-          if (!key_visible(p, s, i, kb + j)) srow[j] = kNegInf;
-      for (std::int64_t j = cols; j < BK; ++j) srow[j] = kNegInf;
-
-      const float tile_max = row_max(srow);
-      const float m_new = tile_max > m[r] ? tile_max : m[r];
-      if (m_new == kNegInf) {  // every key so far masked: nothing to add
-        std::memset(srow, 0, BK * sizeof(float));
-        continue;
-      }
-      const float alpha = m[r] == kNegInf ? 0.0f : __builtin_expf(m[r] - m_new);
-      l[r] = l[r] * alpha + exp_and_sum(srow, m_new);
-      m[r] = m_new;
-      if (alpha != 1.0f) {
-        float* __restrict orow = O + r * Dv;
-        for (std::int64_t d = 0; d < Dv; ++d) orow[d] *= alpha;
+    if (mask_per_row) {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        float* mt = Mt + j * BQ;
+        const char* mcol = mbase + msz * std::size_t((kb + j) * p.mask_stride[3] + t.q_begin * p.mask_stride[2]);
+        for (std::int64_t r = 0; r < rows; ++r) mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
+        for (std::int64_t r = rows; r < qv_rows * N; ++r) mt[r] = 0.0f;
       }
     }
-    pv_tile(S, V, O, rows4, cols, Dv);
+
+    // Online softmax, N query rows per vector, down the key axis.
+    const bool all_visible = (p.window_left < 0 || kb >= (t.q_end - 1) + off - p.window_left) &&
+                             (p.window_right < 0 || kb + cols - 1 <= t.q_begin + off + p.window_right);
+    for (std::int64_t v = 0; v < qv_rows; ++v) {
+      const std::int64_t row0 = t.q_begin + v * N;  // local row of lane 0
+      Vec::T mx = neg_inf;
+      for (std::int64_t j = 0; j < cols; ++j) {
+        float* sp = S + j * BQ + v * N;
+        Vec::T x = Vec::mul(Vec::load(sp), scale);
+        if (mask_per_row) {
+          x = Vec::add(x, Vec::load(Mt + j * BQ + v * N));
+        } else if (mbase != nullptr) {
+          x = Vec::add(x, Vec::set1(load_f32(mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
+        }
+        if (!all_visible) {  // rows that see key kb + j: [key - off - right, key - off + left]
+          const std::int64_t key = kb + j;
+          const std::int64_t lo = p.window_right < 0 ? 0 : clamp(key - off - p.window_right - row0, 0, N);
+          const std::int64_t hi = p.window_left < 0 ? N - 1 : clamp(key - off + p.window_left - row0, -1, N - 1);
+          x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
+        }
+        Vec::store(sp, x);
+        mx = Vec::max(mx, x);
+      }
+      const Vec::T m_old = Vec::load(m + v * N);
+      const Vec::T m_new = Vec::max(m_old, mx);
+      const Vec::T m_safe = Vec::zero_if_neg_inf(m_new);  // rows with nothing visible yet: p = 0
+      Vec::T sum = Vec::zero();
+      for (std::int64_t j = 0; j < cols; ++j) {
+        float* sp = S + j * BQ + v * N;
+        const Vec::T e = exp(Vec::sub(Vec::load(sp), m_safe));
+        Vec::store(sp, e);
+        sum = Vec::add(sum, e);
+      }
+      const Vec::T a = exp(Vec::sub(m_old, m_safe));
+      Vec::store(alpha + v * N, a);
+      Vec::store(l + v * N, Vec::fmadd(Vec::load(l + v * N), a, sum));
+      Vec::store(m + v * N, m_new);
+    }
+
+    // O = alpha·O + P·V
+    const float* vrows;
+    std::int64_t v_stride;
+    if (v_direct) {
+      vrows = reinterpret_cast<const float*>(vtile);
+      v_stride = p.v_stride[1];
+    } else {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        to_f32(vtile + esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], Dv, Vc + j * DvP);
+        std::memset(Vc + j * DvP + Dv, 0, std::size_t(DvP - Dv) * sizeof(float));
+      }
+      vrows = Vc;
+      v_stride = DvP;
+    }
+    pv_tile(S, vrows, v_stride, cols, O, DvP, alpha, rows, DvP / N);
   }
 
   // Normalize and store; a row that saw no visible key (l == 0) stores zeros and lse = -inf.
   const std::size_t osz = elem_size(p.out_dtype);
   auto* obase = static_cast<char*>(p.out) +
-      osz * std::size_t(s.batch_index * p.out_stride[0] + (s.q_offset + t.q_begin) * p.out_stride[1] +
-                        t.h * p.out_stride[2]);
+      osz * std::size_t(s.batch_index * p.out_stride[0] + (s.q_offset + t.q_begin) * p.out_stride[1] + t.h * p.out_stride[2]);
   for (std::int64_t r = 0; r < rows; ++r) {
     const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
     char* orow = obase + osz * std::size_t(r * p.out_stride[1]);
-    const float* src = O + r * Dv;
+    const float* src = O + r * DvP;
     if (p.out_dtype == DType::f32 && p.out_stride[3] == 1) {
-      float* __restrict dst = reinterpret_cast<float*>(orow);
-      for (std::int64_t d = 0; d < Dv; ++d) dst[d] = src[d] * inv;
+      float* dst = reinterpret_cast<float*>(orow);
+      std::int64_t d = 0;
+      for (; d + N <= Dv; d += N) Vec::store(dst + d, Vec::mul(Vec::load(src + d), Vec::set1(inv)));
+      for (; d < Dv; ++d) dst[d] = src[d] * inv;
     } else {
       for (std::int64_t d = 0; d < Dv; ++d) store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
     }

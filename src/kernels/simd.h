@@ -1,0 +1,149 @@
+// A minimal vector type for the kernel body, chosen by the flags its translation unit is compiled
+// with: AVX-512 (16 lanes), AVX2+FMA (8 lanes) or SSE2 (4 lanes, the x86-64 baseline). Everything
+// has internal linkage (see attention_params.h).
+#ifndef MHA_KERNEL_NS
+#error "define MHA_KERNEL_NS before including simd.h"
+#endif
+
+#include <immintrin.h>
+
+#include <cstdint>
+
+namespace mha::detail::MHA_KERNEL_NS {
+namespace {
+
+#if defined(__AVX512F__)
+
+struct Vec {
+  using T = __m512;
+  static constexpr int N = 16;
+  static T zero() { return _mm512_setzero_ps(); }
+  static T set1(float x) { return _mm512_set1_ps(x); }
+  static T load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, T x) { _mm512_storeu_ps(p, x); }
+  static T bcast(const float* p) { return _mm512_set1_ps(*p); }
+  static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
+  static T fnmadd(T a, T b, T c) { return _mm512_fnmadd_ps(a, b, c); }
+  static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T add(T a, T b) { return _mm512_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
+  static T max(T a, T b) { return _mm512_max_ps(a, b); }
+  // x where lanes [lo, hi] (relative, clamped by the caller to [-1, N]) else `fill`.
+  static T keep_lanes(T x, int lo, int hi, T fill) {
+    const unsigned upto = hi >= N - 1 ? 0xffffu : (1u << (hi + 1)) - 1u;
+    const unsigned from = lo <= 0 ? 0xffffu : ~((1u << lo) - 1u);
+    return _mm512_mask_mov_ps(fill, __mmask16(upto & from), x);
+  }
+  // a == -inf ? 0 : a
+  static T zero_if_neg_inf(T a) {
+    const __mmask16 m = _mm512_cmp_ps_mask(a, set1(-__builtin_inff()), _CMP_EQ_OQ);
+    return _mm512_mask_mov_ps(a, m, zero());
+  }
+  static T zero_if_less(T x, T limit, T y) {
+    return _mm512_mask_mov_ps(y, _mm512_cmp_ps_mask(x, limit, _CMP_LT_OQ), zero());
+  }
+  static T two_pow(T n) {  // 2^n for integral n in [-126, 127]
+    const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_castsi512_ps(e);
+  }
+  static T load_f16(const std::uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static T load_bf16(const std::uint16_t* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+};
+
+#elif defined(__AVX2__)
+
+struct Vec {
+  using T = __m256;
+  static constexpr int N = 8;
+  static T zero() { return _mm256_setzero_ps(); }
+  static T set1(float x) { return _mm256_set1_ps(x); }
+  static T load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, T x) { _mm256_storeu_ps(p, x); }
+  static T bcast(const float* p) { return _mm256_broadcast_ss(p); }
+  static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
+  static T fnmadd(T a, T b, T c) { return _mm256_fnmadd_ps(a, b, c); }
+  static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T add(T a, T b) { return _mm256_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
+  static T max(T a, T b) { return _mm256_max_ps(a, b); }
+  static T keep_lanes(T x, int lo, int hi, T fill) {
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256i in = _mm256_andnot_si256(
+        _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane), _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(hi))),
+        _mm256_set1_epi32(-1));
+    return _mm256_blendv_ps(fill, x, _mm256_castsi256_ps(in));
+  }
+  static T zero_if_neg_inf(T a) {
+    return _mm256_blendv_ps(a, zero(), _mm256_cmp_ps(a, set1(-__builtin_inff()), _CMP_EQ_OQ));
+  }
+  static T zero_if_less(T x, T limit, T y) { return _mm256_blendv_ps(y, zero(), _mm256_cmp_ps(x, limit, _CMP_LT_OQ)); }
+  static T two_pow(T n) {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_castsi256_ps(e);
+  }
+  static T load_f16(const std::uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static T load_bf16(const std::uint16_t* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+};
+
+#else  // SSE2: every x86-64 CPU
+
+struct Vec {
+  using T = __m128;
+  static constexpr int N = 4;
+  static T zero() { return _mm_setzero_ps(); }
+  static T set1(float x) { return _mm_set1_ps(x); }
+  static T load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, T x) { _mm_storeu_ps(p, x); }
+  static T bcast(const float* p) { return _mm_set1_ps(*p); }
+  static T fmadd(T a, T b, T c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
+  static T fnmadd(T a, T b, T c) { return _mm_sub_ps(c, _mm_mul_ps(a, b)); }
+  static T mul(T a, T b) { return _mm_mul_ps(a, b); }
+  static T add(T a, T b) { return _mm_add_ps(a, b); }
+  static T sub(T a, T b) { return _mm_sub_ps(a, b); }
+  static T max(T a, T b) { return _mm_max_ps(a, b); }
+  static T select(__m128 mask, T yes, T no) { return _mm_or_ps(_mm_and_ps(mask, yes), _mm_andnot_ps(mask, no)); }
+  static T keep_lanes(T x, int lo, int hi, T fill) {
+    const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
+    const __m128i out = _mm_or_si128(_mm_cmpgt_epi32(_mm_set1_epi32(lo), lane), _mm_cmpgt_epi32(lane, _mm_set1_epi32(hi)));
+    return select(_mm_castsi128_ps(out), fill, x);
+  }
+  static T zero_if_neg_inf(T a) { return select(_mm_cmpeq_ps(a, set1(-__builtin_inff())), zero(), a); }
+  static T zero_if_less(T x, T limit, T y) { return select(_mm_cmplt_ps(x, limit), zero(), y); }
+  static T two_pow(T n) {
+    const __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(n), _mm_set1_epi32(127)), 23);
+    return _mm_castsi128_ps(e);
+  }
+};
+
+#endif
+
+// exp(x) for x <= ~88: x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), exp(r) by
+// a degree-7 Taylor polynomial (truncation < 6e-9 relative), 2^n put in the exponent field. About
+// 2 ulp; exactly 0 below -87 (including -inf), where the true value is < 2^-125 and negligible
+// next to the row maximum's exp(0) = 1.
+inline Vec::T exp(Vec::T x) {
+  const Vec::T lo = Vec::set1(-87.0f);
+  const Vec::T xc = Vec::max(x, lo);
+  const Vec::T shifter = Vec::set1(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
+  const Vec::T n = Vec::sub(Vec::fmadd(xc, Vec::set1(1.44269504088896341f), shifter), shifter);
+  Vec::T r = Vec::fnmadd(n, Vec::set1(0.693145751953125f), xc);
+  r = Vec::fnmadd(n, Vec::set1(1.428606765330187045e-06f), r);
+  Vec::T p = Vec::set1(1.0f / 5040.0f);
+  p = Vec::fmadd(p, r, Vec::set1(1.0f / 720.0f));
+  p = Vec::fmadd(p, r, Vec::set1(1.0f / 120.0f));
+  p = Vec::fmadd(p, r, Vec::set1(1.0f / 24.0f));
+  p = Vec::fmadd(p, r, Vec::set1(1.0f / 6.0f));
+  p = Vec::fmadd(p, r, Vec::set1(0.5f));
+  p = Vec::fmadd(p, r, Vec::set1(1.0f));
+  p = Vec::fmadd(p, r, Vec::set1(1.0f));
+  return Vec::zero_if_less(x, lo, Vec::mul(p, Vec::two_pow(n)));
+}
+
+}  // namespace
+}  // namespace mha::detail::MHA_KERNEL_NS
