@@ -73,19 +73,26 @@ inline void to_f32(const void* src, DType dt, std::int64_t stride, std::int64_t 
 template <int NV>
 inline void qk_block(const float* __restrict Qt, std::int64_t D, const float* const* krows,
                      float* __restrict S, std::int64_t iv0) {
-  Vec::T acc[KB][NV];
+  Vec::T acc[KB][NV];  // every loop over acc is unrolled, so it lives in registers
+#pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[k][v] = Vec::zero();
   const float* q = Qt + iv0 * N;
   for (std::int64_t d = 0; d < D; ++d, q += BQ) {
     Vec::T qv[NV];
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) qv[v] = Vec::load(q + v * N);
+#pragma GCC unroll 8
     for (int k = 0; k < KB; ++k) {
       const Vec::T kb = Vec::bcast(krows[k] + d);
+#pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[k][v] = Vec::fmadd(kb, qv[v], acc[k][v]);
     }
   }
+#pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) Vec::store(S + k * BQ + (iv0 + v) * N, acc[k][v]);
 }
 
@@ -94,22 +101,29 @@ template <int NR, int NC>
 inline void pv_block(const float* __restrict P, const float* __restrict V, std::int64_t v_stride,
                      std::int64_t cols, float* __restrict O, std::int64_t ldo, const float* alpha,
                      std::int64_t r0, std::int64_t c0) {
-  Vec::T acc[NR][NC];
+  Vec::T acc[NR][NC];  // every loop over acc is unrolled, so it lives in registers
+#pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
     const Vec::T a = Vec::bcast(alpha + r0 + r);
+#pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) acc[r][c] = Vec::mul(Vec::load(O + (r0 + r) * ldo + (c0 + c) * N), a);
   }
   for (std::int64_t j = 0; j < cols; ++j) {
     const float* vr = V + j * v_stride + c0 * N;
     Vec::T vv[NC];
+#pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) vv[c] = Vec::load(vr + c * N);
     const float* p = P + j * BQ + r0;
+#pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const Vec::T pb = Vec::bcast(p + r);
+#pragma GCC unroll 8
       for (int c = 0; c < NC; ++c) acc[r][c] = Vec::fmadd(pb, vv[c], acc[r][c]);
     }
   }
+#pragma GCC unroll 8
   for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) Vec::store(O + (r0 + r) * ldo + (c0 + c) * N, acc[r][c]);
 }
 

@@ -77,6 +77,8 @@ Isa parse_isa(std::string_view name) {
                                    "', expected generic, avx2, avx512 or avx512bf16");
 }
 
+bool cpu_supports(Isa isa) { return cpu_has(isa); }
+
 std::vector<Isa> supported_isas() {
   std::vector<Isa> out;
   for (Isa isa : kBuilt)

@@ -6,6 +6,7 @@
 namespace mha::cli {
 
 void add_attend(CLI::App& app);
+void add_bench(CLI::App& app);
 void add_check(CLI::App& app);
 void add_demo(CLI::App& app);
 

@@ -9,7 +9,7 @@
 #include "mha/version.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"mha: exact multi-head attention (flash forward, float64 oracle, checks, demo)"};
+  CLI::App app{"mha: exact multi-head attention (flash forward, float64 oracle, checks, benchmarks, demo)"};
   app.set_version_flag("--version", std::string("mha ") + mha::kVersion);
   app.require_subcommand(1);
   int threads = 0;
@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
     if (!isa.empty()) mha::set_isa(mha::parse_isa(isa));
   });
   mha::cli::add_attend(app);
+  mha::cli::add_bench(app);
   mha::cli::add_check(app);
   mha::cli::add_demo(app);
   try {

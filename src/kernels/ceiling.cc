@@ -1,0 +1,75 @@
+#include "kernels/ceiling.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <vector>
+
+#include "mha/errors.h"
+#include "runtime/thread_pool.h"
+
+namespace mha::detail {
+
+namespace {
+
+using Loop = double (*)(std::int64_t);
+
+Loop peak_loop(Isa isa, PeakKind kind) {
+  if (kind == PeakKind::bf16_dot) {
+    if (isa != Isa::avx512bf16)
+      throw Unsupported("isa", "the bf16 dot-product ceiling needs isa avx512bf16");
+    return &avx512bf16::peak_dot_loop;
+  }
+  switch (isa) {
+    case Isa::avx512bf16:
+    case Isa::avx512: return &avx512::peak_fma_loop;
+    case Isa::avx2: return &avx2::peak_fma_loop;
+    case Isa::generic: break;
+  }
+  return &generic::peak_fma_loop;
+}
+
+// All pool threads run `iters` iterations at once; returns aggregate GFLOP/s. A start barrier
+// makes every item run on its own thread (one thread cannot take a second item before all have
+// arrived), and the slowest thread's time counts.
+double run_once(Loop loop, std::int64_t iters) {
+  ThreadPool& pool = global_pool();
+  const int n = pool.size();
+  std::atomic<int> arrived{0};
+  std::vector<double> seconds(static_cast<std::size_t>(n)), flops(static_cast<std::size_t>(n));
+  pool.parallel_for(n, [&](std::int64_t i) {
+    arrived.fetch_add(1);
+    while (arrived.load() < n) {
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    flops[std::size_t(i)] = loop(iters);
+    seconds[std::size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  });
+  double total = 0;
+  for (double f : flops) total += f;
+  return total / *std::max_element(seconds.begin(), seconds.end()) * 1e-9;
+}
+
+}  // namespace
+
+double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds) {
+  const Loop loop = peak_loop(isa, kind);
+  // Calibrate the iteration count to about `seconds`, then take the median of five runs.
+  std::int64_t iters = 1 << 14;
+  for (;;) {
+    const auto t0 = std::chrono::steady_clock::now();
+    loop(iters);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (s > seconds / 8 || iters > (std::int64_t(1) << 40)) {
+      iters = std::int64_t(double(iters) * seconds / std::max(s, 1e-9));
+      break;
+    }
+    iters *= 4;
+  }
+  std::vector<double> runs;
+  for (int r = 0; r < 5; ++r) runs.push_back(run_once(loop, std::max<std::int64_t>(iters, 1)));
+  std::sort(runs.begin(), runs.end());
+  return runs[2];
+}
+
+}  // namespace mha::detail

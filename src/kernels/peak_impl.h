@@ -1,0 +1,38 @@
+// The fp32 multiply-add peak loop over simd.h's vector type: ACC independent accumulator chains,
+// enough to cover FMA latency × throughput on the ISA, and nothing else in the loop. Every loop
+// over the accumulators is unrolled so they live in registers, never on the stack.
+#ifndef MHA_KERNEL_NS
+#error "define MHA_KERNEL_NS before including peak_impl.h"
+#endif
+
+#include "kernels/ceiling.h"
+#include "kernels/simd.h"
+
+namespace mha::detail::MHA_KERNEL_NS {
+
+double peak_fma_loop(std::int64_t iters) {
+#if defined(__AVX512F__)
+  constexpr int ACC = 24;
+#else
+  constexpr int ACC = 12;
+#endif
+  Vec::T acc[ACC];
+#pragma GCC unroll 32
+  for (int i = 0; i < ACC; ++i) acc[i] = Vec::set1(float(i));
+  const Vec::T a = Vec::set1(0.999999f), b = Vec::set1(1e-7f);
+  for (std::int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 32
+    for (int i = 0; i < ACC; ++i) acc[i] = Vec::fmadd(acc[i], a, b);
+    __asm__ volatile("" : "+v"(acc[0]));  // keep the loop from being collapsed
+  }
+  Vec::T sum = acc[0];
+#pragma GCC unroll 32
+  for (int i = 1; i < ACC; ++i) sum = Vec::add(sum, acc[i]);
+  float lanes[Vec::N];
+  Vec::store(lanes, sum);
+  volatile float sink = lanes[0];
+  (void)sink;
+  return double(iters) * ACC * Vec::N * 2;
+}
+
+}  // namespace mha::detail::MHA_KERNEL_NS
