@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 
 #include "mha/errors.h"
@@ -28,13 +29,28 @@ TEST(Isa, SetAndRestore) {
   set_isa(before);
 }
 
-TEST(Isa, AnIsaWithoutKernelsIsRefused) {
-  // avx512bf16 has no kernels of its own in this build.
-  try {
-    set_isa(Isa::avx512bf16);
-    FAIL();
-  } catch (const Unsupported& e) {
-    EXPECT_EQ(e.argument(), "isa");
+TEST(Isa, AnIsaTheCpuLacksIsRefused) {
+  const Isa before = active_isa();
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16}) {
+    if (cpu_supports(isa)) {
+      EXPECT_NO_THROW(set_isa(isa));
+      continue;
+    }
+    try {
+      set_isa(isa);
+      ADD_FAILURE() << to_string(isa) << " accepted on a CPU without it";
+    } catch (const Unsupported& e) {
+      EXPECT_EQ(e.argument(), "isa");
+      EXPECT_NE(std::string(e.what()).find("does not support"), std::string::npos);
+    }
+  }
+  set_isa(before);
+}
+
+TEST(Isa, EveryIsaTheCpuHasIsBuilt) {
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16}) {
+    const auto s = supported_isas();
+    EXPECT_EQ(cpu_supports(isa), std::find(s.begin(), s.end(), isa) != s.end()) << to_string(isa);
   }
 }
 

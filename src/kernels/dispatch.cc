@@ -11,7 +11,7 @@ namespace mha::detail {
 
 FlashFwdKernel flash_fwd_kernel(Isa isa) {
   switch (isa) {
-    case Isa::avx512bf16:  // no bf16 dot-product kernel yet: the AVX-512 one serves
+    case Isa::avx512bf16: return &avx512bf16::flash_fwd;
     case Isa::avx512: return &avx512::flash_fwd;
     case Isa::avx2: return &avx2::flash_fwd;
     case Isa::generic: break;

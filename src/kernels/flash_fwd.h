@@ -15,11 +15,11 @@ inline constexpr std::int64_t kFlashBlockK = 64;
 inline constexpr std::int64_t kFlashMaxDim = 256;
 
 // Floats of scratch a kernel needs per worker thread: Qᵀ, converted K and V tiles, the Sᵀ/Pᵀ tile,
-// a transposed mask tile, the O tile, and per-row max, sum and rescale. Independent of sequence
+// a transposed mask tile, P in bf16 key pairs, the O tile, and per-row max, sum and rescale. Independent of sequence
 // lengths.
 inline constexpr std::int64_t kFlashScratchFloats =
     kFlashMaxDim * kFlashBlockQ + 2 * kFlashBlockK * kFlashMaxDim + 2 * kFlashBlockK * kFlashBlockQ +
-    kFlashBlockQ * kFlashMaxDim + 3 * kFlashBlockQ;
+    kFlashBlockK * kFlashBlockQ / 2 + kFlashBlockQ * kFlashMaxDim + 3 * kFlashBlockQ;
 
 // One work item: query rows [q_begin, q_end) (local to sequence b) of query head h. Every output
 // row belongs to exactly one item, so items never combine results across threads.
@@ -34,6 +34,7 @@ using FlashFwdKernel = void (*)(const AttentionParams& p, const FlashTile& tile,
 namespace generic { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
 namespace avx2 { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
 namespace avx512 { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
+namespace avx512bf16 { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
 
 // The one dispatch point: the kernel for an ISA (falls back to the nearest one built).
 FlashFwdKernel flash_fwd_kernel(Isa isa);

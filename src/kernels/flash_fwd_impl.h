@@ -151,167 +151,210 @@ inline void pv_tile(const float* P, const float* V, std::int64_t v_stride, std::
   for (; r0 < rows; ++r0) pv_rows<1>(P, V, v_stride, cols, O, ldo, alpha, r0, nvec);
 }
 
-}  // namespace
-
-void flash_fwd(const AttentionParams& p, const FlashTile& t, float* scratch) {
-  const SeqSpan s = seq_span(p, t.b);
-  const std::int64_t rows = t.q_end - t.q_begin;
-  const std::int64_t D = p.d, Dv = p.dv, DvP = round_up(Dv, N);
-  const std::int64_t kvh = t.h / (p.hq / p.hkv);
-  const std::size_t esz = elem_size(p.in_dtype);
-
-  float* const Qt = scratch;                  // [D][BQ]
-  float* const Kc = Qt + kFlashMaxDim * BQ;   // [BK][D] keys, when not read in place
-  float* const Vc = Kc + BK * kFlashMaxDim;   // [BK][DvP] values, when not read in place
-  float* const S = Vc + BK * kFlashMaxDim;    // [BK][BQ] Sᵀ, then Pᵀ
-  float* const Mt = S + BK * BQ;              // [BK][BQ] mask tile, transposed
-  float* const O = Mt + BK * BQ;              // [BQ][DvP]
-  float* const m = O + BQ * kFlashMaxDim;     // running max per row
-  float* const l = m + BQ;                    // running sum per row
-  float* const alpha = l + BQ;                // this tile's rescale per row
-
-  // Qᵀ, zero-padded to BQ rows.
-  {
-    const auto* qbase = static_cast<const char*>(p.q) +
+// One work item: its rows, pointers and scratch regions, set up once.
+struct Item {
+  Item(const AttentionParams& params, const FlashTile& tile, float* scratch)
+      : p(params), t(tile), s(seq_span(params, tile.b)) {
+    rows = t.q_end - t.q_begin;
+    D = p.d;
+    Dv = p.dv;
+    DvP = round_up(Dv, N);
+    esz = elem_size(p.in_dtype);
+    qv_rows = (rows + N - 1) / N;
+    off = s.len_k - s.len_q;
+    const std::int64_t kvh = t.h / (p.hq / p.hkv);
+    Qt = scratch;                  // [D][BQ] (bf16 dot: [D/2][BQ] pairs)
+    Kc = Qt + kFlashMaxDim * BQ;   // [BK][D] keys, when not read in place
+    Vc = Kc + BK * kFlashMaxDim;   // [BK][DvP] values, when not read in place (bf16 dot: key pairs)
+    S = Vc + BK * kFlashMaxDim;    // [BK][BQ] Sᵀ, then Pᵀ
+    Mt = S + BK * BQ;              // [BK][BQ] mask tile, transposed
+    Pp = Mt + BK * BQ;             // [BK/2][BQ] bf16 dot: P in key pairs
+    O = Pp + BK * BQ / 2;          // [BQ][DvP]
+    m = O + BQ * kFlashMaxDim;     // running max per row
+    l = m + BQ;                    // running sum per row
+    alpha = l + BQ;                // this tile's rescale per row
+    qbase = static_cast<const char*>(p.q) +
         esz * std::size_t(s.batch_index * p.q_stride[0] + (s.q_offset + t.q_begin) * p.q_stride[1] + t.h * p.q_stride[2]);
+    kbase = static_cast<const char*>(p.k) +
+        esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + kvh * p.k_stride[2]);
+    vbase = static_cast<const char*>(p.v) +
+        esz * std::size_t(s.batch_index * p.v_stride[0] + s.k_offset * p.v_stride[1] + kvh * p.v_stride[2]);
+    msz = elem_size(p.mask_dtype);
+    mbase = p.mask == nullptr ? nullptr
+        : static_cast<const char*>(p.mask) + msz * std::size_t(t.b * p.mask_stride[0] + t.h * p.mask_stride[1]);
+    mask_per_row = mbase != nullptr && p.mask_stride[2] != 0;
+  }
+  const char* key_tile(std::int64_t kb) const { return kbase + esz * std::size_t(kb * p.k_stride[1]); }
+  const char* value_tile(std::int64_t kb) const { return vbase + esz * std::size_t(kb * p.v_stride[1]); }
+
+  const AttentionParams& p;
+  FlashTile t;
+  SeqSpan s;
+  std::int64_t rows, D, Dv, DvP, qv_rows, off;
+  std::size_t esz, msz;
+  float *Qt, *Kc, *Vc, *S, *Mt, *Pp, *O, *m, *l, *alpha;
+  const char *qbase, *kbase, *vbase, *mbase;
+  bool mask_per_row;
+};
+
+// f32 multiply-adds: Qᵀ and any non-f32 K/V converted to f32.
+struct Fp32Dot {
+  static void load_q(Item& it) {
     float row[kFlashMaxDim];
     for (std::int64_t r = 0; r < BQ; ++r) {
-      if (r < rows) {
-        to_f32(qbase + esz * std::size_t(r * p.q_stride[1]), p.in_dtype, p.q_stride[3], D, row);
+      if (r < it.rows) {
+        to_f32(it.qbase + it.esz * std::size_t(r * it.p.q_stride[1]), it.p.in_dtype, it.p.q_stride[3], it.D, row);
       } else {
-        std::memset(row, 0, std::size_t(D) * sizeof(float));
+        std::memset(row, 0, std::size_t(it.D) * sizeof(float));
       }
-      for (std::int64_t d = 0; d < D; ++d) Qt[d * BQ + r] = row[d];
+      for (std::int64_t d = 0; d < it.D; ++d) it.Qt[d * BQ + r] = row[d];
     }
   }
-  std::memset(O, 0, std::size_t(BQ * DvP) * sizeof(float));
-  for (std::int64_t r = 0; r < BQ; ++r) {
-    m[r] = kNegInf;
-    l[r] = 0.0f;
-  }
 
-  const auto* kbase = static_cast<const char*>(p.k) +
-      esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + kvh * p.k_stride[2]);
-  const auto* vbase = static_cast<const char*>(p.v) +
-      esz * std::size_t(s.batch_index * p.v_stride[0] + s.k_offset * p.v_stride[1] + kvh * p.v_stride[2]);
-  const bool k_direct = p.in_dtype == DType::f32 && p.k_stride[3] == 1;
-  const bool v_direct = p.in_dtype == DType::f32 && p.v_stride[3] == 1 && Dv % N == 0;
-  const std::size_t msz = elem_size(p.mask_dtype);
-  const char* mbase = p.mask == nullptr ? nullptr
-      : static_cast<const char*>(p.mask) + msz * std::size_t(t.b * p.mask_stride[0] + t.h * p.mask_stride[1]);
-  const bool mask_per_row = mbase != nullptr && p.mask_stride[2] != 0;
-
-  const std::int64_t qv_rows = (rows + N - 1) / N;  // query vectors holding real rows
-  const Vec::T scale = Vec::set1(p.scale);
-  const Vec::T neg_inf = Vec::set1(kNegInf);
-  const KeyRange keys = visible_keys(p, s, t.q_begin, t.q_end);
-  const std::int64_t off = s.len_k - s.len_q;
-
-  for (std::int64_t kb = keys.begin; kb < keys.end; kb += BK) {
-    const std::int64_t cols = keys.end - kb < BK ? keys.end - kb : BK;
-    const char* ktile = kbase + esz * std::size_t(kb * p.k_stride[1]);
-    const char* vtile = vbase + esz * std::size_t(kb * p.v_stride[1]);
-
-    // Sᵀ = K·Qᵀ over the tile's keys (a partial last block repeats the last key; masked below).
-    if (!k_direct)
+  // Sᵀ = K·Qᵀ over the tile's keys (a partial last block repeats the last key; masked later).
+  static void scores(Item& it, std::int64_t kb, std::int64_t cols) {
+    const AttentionParams& p = it.p;
+    const char* ktile = it.key_tile(kb);
+    const bool direct = p.in_dtype == DType::f32 && p.k_stride[3] == 1;
+    if (!direct)
       for (std::int64_t j = 0; j < cols; ++j)
-        to_f32(ktile + esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], D, Kc + j * D);
-    auto key_row = [&](std::int64_t j) {
-      return k_direct ? reinterpret_cast<const float*>(ktile) + j * p.k_stride[1] : Kc + j * D;
-    };
+        to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D, it.Kc + j * it.D);
     for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
       const float* kr[KB];
-      for (int k = 0; k < KB; ++k) kr[k] = key_row(j0 + k < cols ? j0 + k : cols - 1);
+      for (int k = 0; k < KB; ++k) {
+        const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
+        kr[k] = direct ? reinterpret_cast<const float*>(ktile) + j * p.k_stride[1] : it.Kc + j * it.D;
+      }
       std::int64_t iv0 = 0;
-      for (; iv0 + IV <= qv_rows; iv0 += IV) qk_block<IV>(Qt, D, kr, S + j0 * BQ, iv0);
-      for (; iv0 < qv_rows; ++iv0) qk_block<1>(Qt, D, kr, S + j0 * BQ, iv0);
+      for (; iv0 + IV <= it.qv_rows; iv0 += IV) qk_block<IV>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
+      for (; iv0 < it.qv_rows; ++iv0) qk_block<1>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
     }
-
-    if (mask_per_row) {
-      for (std::int64_t j = 0; j < cols; ++j) {
-        float* mt = Mt + j * BQ;
-        const char* mcol = mbase + msz * std::size_t((kb + j) * p.mask_stride[3] + t.q_begin * p.mask_stride[2]);
-        for (std::int64_t r = 0; r < rows; ++r) mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
-        for (std::int64_t r = rows; r < qv_rows * N; ++r) mt[r] = 0.0f;
-      }
-    }
-
-    // Online softmax, N query rows per vector, down the key axis.
-    const bool all_visible = (p.window_left < 0 || kb >= (t.q_end - 1) + off - p.window_left) &&
-                             (p.window_right < 0 || kb + cols - 1 <= t.q_begin + off + p.window_right);
-    for (std::int64_t v = 0; v < qv_rows; ++v) {
-      const std::int64_t row0 = t.q_begin + v * N;  // local row of lane 0
-      Vec::T mx = neg_inf;
-      for (std::int64_t j = 0; j < cols; ++j) {
-        float* sp = S + j * BQ + v * N;
-        Vec::T x = Vec::mul(Vec::load(sp), scale);
-        if (mask_per_row) {
-          x = Vec::add(x, Vec::load(Mt + j * BQ + v * N));
-        } else if (mbase != nullptr) {
-          x = Vec::add(x, Vec::set1(load_f32(mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
-        }
-        if (!all_visible) {  // rows that see key kb + j: [key - off - right, key - off + left]
-          const std::int64_t key = kb + j;
-          const std::int64_t lo = p.window_right < 0 ? 0 : clamp(key - off - p.window_right - row0, 0, N);
-          const std::int64_t hi = p.window_left < 0 ? N - 1 : clamp(key - off + p.window_left - row0, -1, N - 1);
-          x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
-        }
-        Vec::store(sp, x);
-        mx = Vec::max(mx, x);
-      }
-      const Vec::T m_old = Vec::load(m + v * N);
-      const Vec::T m_new = Vec::max(m_old, mx);
-      const Vec::T m_safe = Vec::zero_if_neg_inf(m_new);  // rows with nothing visible yet: p = 0
-      Vec::T sum = Vec::zero();
-      for (std::int64_t j = 0; j < cols; ++j) {
-        float* sp = S + j * BQ + v * N;
-        const Vec::T e = exp(Vec::sub(Vec::load(sp), m_safe));
-        Vec::store(sp, e);
-        sum = Vec::add(sum, e);
-      }
-      const Vec::T a = exp(Vec::sub(m_old, m_safe));
-      Vec::store(alpha + v * N, a);
-      Vec::store(l + v * N, Vec::fmadd(Vec::load(l + v * N), a, sum));
-      Vec::store(m + v * N, m_new);
-    }
-
-    // O = alpha·O + P·V
-    const float* vrows;
-    std::int64_t v_stride;
-    if (v_direct) {
-      vrows = reinterpret_cast<const float*>(vtile);
-      v_stride = p.v_stride[1];
-    } else {
-      for (std::int64_t j = 0; j < cols; ++j) {
-        to_f32(vtile + esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], Dv, Vc + j * DvP);
-        std::memset(Vc + j * DvP + Dv, 0, std::size_t(DvP - Dv) * sizeof(float));
-      }
-      vrows = Vc;
-      v_stride = DvP;
-    }
-    pv_tile(S, vrows, v_stride, cols, O, DvP, alpha, rows, DvP / N);
   }
 
-  // Normalize and store; a row that saw no visible key (l == 0) stores zeros and lse = -inf.
+  // O = alpha·O + P·V
+  static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
+    const AttentionParams& p = it.p;
+    const char* vtile = it.value_tile(kb);
+    if (p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0) {
+      pv_tile(it.S, reinterpret_cast<const float*>(vtile), p.v_stride[1], cols, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
+      return;
+    }
+    for (std::int64_t j = 0; j < cols; ++j) {
+      to_f32(vtile + it.esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], it.Dv, it.Vc + j * it.DvP);
+      std::memset(it.Vc + j * it.DvP + it.Dv, 0, std::size_t(it.DvP - it.Dv) * sizeof(float));
+    }
+    pv_tile(it.S, it.Vc, it.DvP, cols, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
+  }
+};
+
+#if defined(__AVX512BF16__)
+#include "kernels/flash_fwd_bf16dot.h"
+#endif
+
+// Online softmax over one tile, N query rows per vector, down the key axis: scale, mask, window,
+// new running max, P = exp(S - max) in place, running sum, and the rescale factor per row.
+void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
+  const AttentionParams& p = it.p;
+  const Vec::T scale = Vec::set1(p.scale);
+  const Vec::T neg_inf = Vec::set1(kNegInf);
+  if (it.mask_per_row) {
+    for (std::int64_t j = 0; j < cols; ++j) {
+      float* mt = it.Mt + j * BQ;
+      const char* mcol = it.mbase + it.msz * std::size_t((kb + j) * p.mask_stride[3] + it.t.q_begin * p.mask_stride[2]);
+      for (std::int64_t r = 0; r < it.rows; ++r) mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
+      for (std::int64_t r = it.rows; r < it.qv_rows * N; ++r) mt[r] = 0.0f;
+    }
+  }
+  // Is every (row, key) of this tile inside the window? Then no per-element test is needed.
+  const bool all_visible = (p.window_left < 0 || kb >= (it.t.q_end - 1) + it.off - p.window_left) &&
+                           (p.window_right < 0 || kb + cols - 1 <= it.t.q_begin + it.off + p.window_right);
+  for (std::int64_t v = 0; v < it.qv_rows; ++v) {
+    const std::int64_t row0 = it.t.q_begin + v * N;  // local row of lane 0
+    Vec::T mx = neg_inf;
+    for (std::int64_t j = 0; j < cols; ++j) {
+      float* sp = it.S + j * BQ + v * N;
+      Vec::T x = Vec::mul(Vec::load(sp), scale);
+      if (it.mask_per_row) {
+        x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
+      } else if (it.mbase != nullptr) {
+        x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
+      }
+      if (!all_visible) {  // rows that see key kb + j: [key - off - right, key - off + left]
+        const std::int64_t key = kb + j;
+        const std::int64_t lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
+        const std::int64_t hi = p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
+        x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
+      }
+      Vec::store(sp, x);
+      mx = Vec::max(mx, x);
+    }
+    const Vec::T m_old = Vec::load(it.m + v * N);
+    const Vec::T m_new = Vec::max(m_old, mx);
+    const Vec::T m_safe = Vec::zero_if_neg_inf(m_new);  // rows with nothing visible yet: p = 0
+    Vec::T sum = Vec::zero();
+    for (std::int64_t j = 0; j < cols; ++j) {
+      float* sp = it.S + j * BQ + v * N;
+      const Vec::T e = exp(Vec::sub(Vec::load(sp), m_safe));
+      Vec::store(sp, e);
+      sum = Vec::add(sum, e);
+    }
+    const Vec::T a = exp(Vec::sub(m_old, m_safe));
+    Vec::store(it.alpha + v * N, a);
+    Vec::store(it.l + v * N, Vec::fmadd(Vec::load(it.l + v * N), a, sum));
+    Vec::store(it.m + v * N, m_new);
+  }
+}
+
+// Normalize and store; a row that saw no visible key (l == 0) stores zeros and lse = -inf.
+void store_rows(const Item& it) {
+  const AttentionParams& p = it.p;
   const std::size_t osz = elem_size(p.out_dtype);
   auto* obase = static_cast<char*>(p.out) +
-      osz * std::size_t(s.batch_index * p.out_stride[0] + (s.q_offset + t.q_begin) * p.out_stride[1] + t.h * p.out_stride[2]);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const float inv = l[r] > 0.0f ? 1.0f / l[r] : 0.0f;
+      osz * std::size_t(it.s.batch_index * p.out_stride[0] + (it.s.q_offset + it.t.q_begin) * p.out_stride[1] + it.t.h * p.out_stride[2]);
+  for (std::int64_t r = 0; r < it.rows; ++r) {
+    const float inv = it.l[r] > 0.0f ? 1.0f / it.l[r] : 0.0f;
     char* orow = obase + osz * std::size_t(r * p.out_stride[1]);
-    const float* src = O + r * DvP;
+    const float* src = it.O + r * it.DvP;
     if (p.out_dtype == DType::f32 && p.out_stride[3] == 1) {
       float* dst = reinterpret_cast<float*>(orow);
       std::int64_t d = 0;
-      for (; d + N <= Dv; d += N) Vec::store(dst + d, Vec::mul(Vec::load(src + d), Vec::set1(inv)));
-      for (; d < Dv; ++d) dst[d] = src[d] * inv;
+      for (; d + N <= it.Dv; d += N) Vec::store(dst + d, Vec::mul(Vec::load(src + d), Vec::set1(inv)));
+      for (; d < it.Dv; ++d) dst[d] = src[d] * inv;
     } else {
-      for (std::int64_t d = 0; d < Dv; ++d) store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
+      for (std::int64_t d = 0; d < it.Dv; ++d) store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
     }
     if (p.lse != nullptr)
-      p.lse[s.batch_index * p.lse_stride[0] + t.h * p.lse_stride[1] + (s.q_offset + t.q_begin + r) * p.lse_stride[2]] =
-          l[r] > 0.0f ? m[r] + __builtin_logf(l[r]) : kNegInf;
+      p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] + (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
+          it.l[r] > 0.0f ? it.m[r] + __builtin_logf(it.l[r]) : kNegInf;
   }
+}
+
+template <class Dot>
+void run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
+  Item it(p, t, scratch);
+  Dot::load_q(it);
+  std::memset(it.O, 0, std::size_t(BQ * it.DvP) * sizeof(float));
+  for (std::int64_t r = 0; r < BQ; ++r) {
+    it.m[r] = kNegInf;
+    it.l[r] = 0.0f;
+  }
+  const KeyRange keys = visible_keys(p, it.s, t.q_begin, t.q_end);
+  for (std::int64_t kb = keys.begin; kb < keys.end; kb += BK) {
+    const std::int64_t cols = keys.end - kb < BK ? keys.end - kb : BK;
+    Dot::scores(it, kb, cols);
+    softmax_tile(it, kb, cols);
+    Dot::accumulate(it, kb, cols);
+  }
+  store_rows(it);
+}
+
+}  // namespace
+
+void flash_fwd(const AttentionParams& p, const FlashTile& t, float* scratch) {
+#if defined(__AVX512BF16__)
+  if (p.in_dtype == DType::bf16) return run_item<Bf16Dot>(p, t, scratch);
+#endif
+  run_item<Fp32Dot>(p, t, scratch);
 }
 
 }  // namespace mha::detail::MHA_KERNEL_NS

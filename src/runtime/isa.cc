@@ -28,8 +28,8 @@ bool cpu_has(Isa isa) {
   return false;
 }
 
-// Kernels compiled into this build; avx512bf16 has no kernels of its own yet.
-constexpr Isa kBuilt[] = {Isa::generic, Isa::avx2, Isa::avx512};
+// Kernels compiled into this build.
+constexpr Isa kBuilt[] = {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16};
 
 Isa best_built() {
   Isa best = Isa::generic;
@@ -48,7 +48,7 @@ void check_runnable(Isa isa, const std::string& argument) {
   if (!built(isa)) {
     throw Unsupported(argument, argument + " = " + std::string(to_string(isa)) +
                                     ": this build has no kernels for it; expected one of " +
-                                    "generic, avx2, avx512");
+                                    "generic, avx2, avx512, avx512bf16");
   }
   if (!cpu_has(isa)) {
     throw Unsupported(argument, argument + " = " + std::string(to_string(isa)) +

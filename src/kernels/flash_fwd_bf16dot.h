@@ -1,0 +1,177 @@
+// The AVX-512 BF16 dot-product policy of flash_fwd_impl.h, for bf16 inputs: a fragment included
+// inside that file's namespace when the translation unit is compiled with -mavx512bf16.
+//
+// vdpbf16ps multiplies bf16 pairs and adds both products into one f32 lane, so each operand is
+// laid out in pairs along the reduction axis:
+//  - Sᵀ = K·Qᵀ reduces over D: Qᵀ is packed once per item as (q[i][d], q[i][d+1]) dwords with
+//    lanes along the query rows; K rows are read in place and (k[j][d], k[j][d+1]) is broadcast as
+//    one dword (odd D or strided keys are first copied with a zero pad).
+//  - O += P·V reduces over keys: P (the softmax output, lanes along query rows) is rounded to bf16
+//    and paired as (p[j][i], p[j+1][i]); V rows j, j+1 are interleaved per tile into
+//    (v[j][c], v[j+1][c]) dwords with lanes along the value dim.
+// Products of bf16 values are exact in f32 and accumulate in f32; the one extra rounding is P to
+// bf16, which the naive bf16 path (the accuracy yardstick) makes too.
+
+inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
+
+inline std::uint32_t load_pair(const std::uint16_t* p) {
+  std::uint32_t x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// Sᵀ block: KB keys × NV query vectors, over Dp = ceil(D / 2) pairs.
+template <int NV>
+inline void qk_block_bf16(const std::uint32_t* __restrict Qp, std::int64_t Dp, const std::uint16_t* const* krows,
+                          float* __restrict S, std::int64_t iv0) {
+  __m512 acc[KB][NV];
+#pragma GCC unroll 8
+  for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) acc[k][v] = _mm512_setzero_ps();
+  const std::uint32_t* q = Qp + iv0 * N;
+  for (std::int64_t dp = 0; dp < Dp; ++dp, q += BQ) {
+    __m512i qv[NV];
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) qv[v] = _mm512_loadu_si512(q + v * N);
+#pragma GCC unroll 8
+    for (int k = 0; k < KB; ++k) {
+      const __m512i kb = _mm512_set1_epi32(int(load_pair(krows[k] + 2 * dp)));
+#pragma GCC unroll 8
+      for (int v = 0; v < NV; ++v) acc[k][v] = _mm512_dpbf16_ps(acc[k][v], as_bh(qv[v]), as_bh(kb));
+    }
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < KB; ++k)
+#pragma GCC unroll 8
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(S + k * BQ + (iv0 + v) * N, acc[k][v]);
+}
+
+// O rows r0..r0+NR, vectors c0..c0+NC: alpha·O + Σ over key pairs.
+template <int NR, int NC>
+inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_t* __restrict Vp, std::int64_t ldv,
+                          std::int64_t pairs, float* __restrict O, std::int64_t ldo, const float* alpha,
+                          std::int64_t r0, std::int64_t c0) {
+  __m512 acc[NR][NC];
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r) {
+    const __m512 a = _mm512_set1_ps(alpha[r0 + r]);
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(O + (r0 + r) * ldo + (c0 + c) * N), a);
+  }
+  for (std::int64_t jp = 0; jp < pairs; ++jp) {
+    __m512i vv[NC];
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) vv[c] = _mm512_loadu_si512(Vp + jp * ldv + (c0 + c) * N);
+#pragma GCC unroll 8
+    for (int r = 0; r < NR; ++r) {
+      const __m512i pb = _mm512_set1_epi32(int(Pp[jp * BQ + r0 + r]));
+#pragma GCC unroll 8
+      for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_dpbf16_ps(acc[r][c], as_bh(vv[c]), as_bh(pb));
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < NR; ++r)
+#pragma GCC unroll 8
+    for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + (r0 + r) * ldo + (c0 + c) * N, acc[r][c]);
+}
+
+template <int NR>
+inline void pv_rows_bf16(const std::uint32_t* Pp, const std::uint32_t* Vp, std::int64_t ldv, std::int64_t pairs,
+                         float* O, std::int64_t ldo, const float* alpha, std::int64_t r0, std::int64_t nvec) {
+  std::int64_t c0 = 0;
+  for (; c0 + DB <= nvec; c0 += DB) pv_block_bf16<NR, DB>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0);
+  switch (nvec - c0) {
+    case 1: pv_block_bf16<NR, 1>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0); break;
+    case 2: pv_block_bf16<NR, 2>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0); break;
+    case 3: pv_block_bf16<NR, 3>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0); break;
+    default: break;
+  }
+}
+
+// 16 bf16 values (low halves of the dword lanes) from 16 f32 values, rounded to nearest even.
+inline __m512i bf16_low(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
+
+struct Bf16Dot {
+  static void load_q(Item& it) {
+    const AttentionParams& p = it.p;
+    auto* Qp = reinterpret_cast<std::uint32_t*>(it.Qt);
+    const std::int64_t Dp = (it.D + 1) / 2;
+    std::uint16_t row[kFlashMaxDim + 1];
+    for (std::int64_t r = 0; r < BQ; ++r) {
+      if (r < it.rows) {
+        const auto* src = reinterpret_cast<const std::uint16_t*>(it.qbase) + r * p.q_stride[1];
+        for (std::int64_t d = 0; d < it.D; ++d) row[d] = src[d * p.q_stride[3]];
+        row[it.D] = 0;
+      } else {
+        std::memset(row, 0, sizeof row);
+      }
+      for (std::int64_t dp = 0; dp < Dp; ++dp) Qp[dp * BQ + r] = std::uint32_t(row[2 * dp]) | std::uint32_t(row[2 * dp + 1]) << 16;
+    }
+  }
+
+  static void scores(Item& it, std::int64_t kb, std::int64_t cols) {
+    const AttentionParams& p = it.p;
+    const auto* ktile = reinterpret_cast<const std::uint16_t*>(it.key_tile(kb));
+    const std::int64_t Dp = (it.D + 1) / 2;
+    const bool direct = p.k_stride[3] == 1 && it.D % 2 == 0;
+    auto* Kc = reinterpret_cast<std::uint16_t*>(it.Kc);  // [BK][2·Dp], zero padded
+    if (!direct) {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        for (std::int64_t d = 0; d < it.D; ++d) Kc[j * 2 * Dp + d] = ktile[j * p.k_stride[1] + d * p.k_stride[3]];
+        if (it.D % 2 != 0) Kc[j * 2 * Dp + it.D] = 0;
+      }
+    }
+    const auto* Qp = reinterpret_cast<const std::uint32_t*>(it.Qt);
+    for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
+      const std::uint16_t* kr[KB];
+      for (int k = 0; k < KB; ++k) {
+        const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
+        kr[k] = direct ? ktile + j * p.k_stride[1] : Kc + j * 2 * Dp;
+      }
+      std::int64_t iv0 = 0;
+      for (; iv0 + IV <= it.qv_rows; iv0 += IV) qk_block_bf16<IV>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
+      for (; iv0 < it.qv_rows; ++iv0) qk_block_bf16<1>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
+    }
+  }
+
+  static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
+    const AttentionParams& p = it.p;
+    const std::int64_t pairs = (cols + 1) / 2;
+    // V rows j, j+1 -> (v[j][c], v[j+1][c]) dwords, [pairs][DvP], zero padded.
+    const auto* vtile = reinterpret_cast<const std::uint16_t*>(it.value_tile(kb));
+    auto* Vp = reinterpret_cast<std::uint32_t*>(it.Vc);
+    const bool vec_rows = p.v_stride[3] == 1;
+    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+      const std::uint16_t* a = vtile + 2 * jp * p.v_stride[1];
+      const std::uint16_t* b = 2 * jp + 1 < cols ? a + p.v_stride[1] : nullptr;
+      std::uint32_t* dst = Vp + jp * it.DvP;
+      std::int64_t c = 0;
+      if (vec_rows) {
+        for (; c + N <= it.Dv; c += N) {
+          const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c)));
+          const __m512i hi = b == nullptr ? _mm512_setzero_si512()
+              : _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + c))), 16);
+          _mm512_storeu_si512(dst + c, _mm512_or_si512(lo, hi));
+        }
+      }
+      for (; c < it.Dv; ++c)
+        dst[c] = std::uint32_t(a[c * p.v_stride[3]]) | (b == nullptr ? 0u : std::uint32_t(b[c * p.v_stride[3]]) << 16);
+      for (; c < it.DvP; ++c) dst[c] = 0;
+    }
+    // P (f32, [key][row]) -> (p[j][i], p[j+1][i]) bf16 dwords, [pairs][BQ].
+    auto* Pp = reinterpret_cast<std::uint32_t*>(it.Pp);
+    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+      const float* a = it.S + 2 * jp * BQ;
+      for (std::int64_t v = 0; v < it.qv_rows; ++v) {
+        const __m512i lo = bf16_low(_mm512_loadu_ps(a + v * N));
+        const __m512i hi = 2 * jp + 1 < cols ? _mm512_slli_epi32(bf16_low(_mm512_loadu_ps(a + BQ + v * N)), 16)
+                                             : _mm512_setzero_si512();
+        _mm512_storeu_si512(Pp + jp * BQ + v * N, _mm512_or_si512(lo, hi));
+      }
+    }
+    std::int64_t r0 = 0;
+    for (; r0 + RB <= it.rows; r0 += RB) pv_rows_bf16<RB>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
+    for (; r0 < it.rows; ++r0) pv_rows_bf16<1>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
+  }
+};
