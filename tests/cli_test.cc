@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <vector>
 
 #include "check/case.h"
@@ -74,7 +76,10 @@ check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
   }
   auto join = [](const std::vector<std::int32_t>& v) {
     std::string s;
-    for (auto x : v) s += (s.empty() ? "" : ",") + std::to_string(x);
+    for (auto x : v) {
+      if (!s.empty()) s += ',';
+      s += std::to_string(x);
+    }
     return s;
   };
   if (c.varlen()) args += " --cu-seqlens-q " + join(data.cu_q) + " --cu-seqlens-k " + join(data.cu_k);
@@ -155,6 +160,50 @@ TEST(Cli, AttendErrorsExitNonZeroWithAMessage) {
   r = run_cli("--isa sse9 check --count 1");
   EXPECT_EQ(r.status, 2);
   EXPECT_NE(r.output.find("isa = 'sse9'"), std::string::npos) << r.output;
+}
+
+TEST(Cli, BenchWritesRecordsAgainstTheSameRunCeiling) {
+  TempDir dir;
+  const Result r = run_cli("--threads 2 bench --shape 1,2,1,70,90,32 --shape 2,4,4,33,33,16 --causal --dtype bf16 "
+                           "--mask padding --naive --min-time 0.01 --json " + dir.file("b.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("Ceiling measured now on 2 threads"), std::string::npos) << r.output;
+  std::ifstream in(dir.file("b.json"));
+  const nlohmann::json records = nlohmann::json::parse(in);
+  ASSERT_EQ(records.size(), 2u);
+  const nlohmann::json& a = records[0];
+  for (const char* key : {"name", "b", "hq", "hkv", "nq", "nk", "d", "causal", "dtype", "isa", "threads", "ms",
+                          "gflops", "ceiling_gflops", "fraction_of_ceiling", "naive_ms", "speedup_vs_naive"})
+    EXPECT_TRUE(a.contains(key)) << key;
+  EXPECT_EQ(a["b"], 1);
+  EXPECT_EQ(a["hq"], 2);
+  EXPECT_EQ(a["hkv"], 1);
+  EXPECT_EQ(a["nq"], 70);
+  EXPECT_EQ(a["nk"], 90);
+  EXPECT_EQ(a["d"], 32);
+  EXPECT_EQ(a["causal"], true);
+  EXPECT_EQ(a["mask"], "padding");
+  EXPECT_EQ(a["dtype"], "bf16");
+  EXPECT_EQ(a["threads"], 2);
+  EXPECT_GT(a["ceiling_gflops"].get<double>(), 0);
+  EXPECT_NEAR(a["fraction_of_ceiling"].get<double>(),
+              a["gflops"].get<double>() / a["ceiling_gflops"].get<double>(), 1e-9);
+  // gflops is the causal flop count over the median time: 2·(D+Dv)·Hq·B·visible pairs.
+  const double pairs = 70 * 71 / 2 + 70 * 20;  // bottom-right causal, Nk - Nq = 20
+  EXPECT_NEAR(a["gflops"].get<double>() * a["ms"].get<double>() * 1e6, 4.0 * 32 * 2 * pairs, 1.0);
+  EXPECT_EQ(records[1]["b"], 2);
+}
+
+TEST(Cli, BenchRejectsABadShape) {
+  Result r = run_cli("bench --shape 1,2,3");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("has 3 values, expected 6: B,Hq,Hkv,Nq,Nk,D"), std::string::npos) << r.output;
+  r = run_cli("bench --shape 1,2,x,4,5,6");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("'x' is not an integer"), std::string::npos) << r.output;
+  r = run_cli("bench --shape 1,3,2,4,5,6 --min-time 0.01");  // 3 heads over 2 kv heads
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("does not divide"), std::string::npos) << r.output;
 }
 
 TEST(Cli, CheckPassesAndReportsCounts) {

@@ -34,12 +34,6 @@ struct BenchArgs {
   double min_time = 0.5;
 };
 
-struct Shape {
-  std::string name;
-  Case c;
-  bool with_naive = false;
-};
-
 Case make_case(const std::vector<std::int64_t>& v, bool causal, DType dt, MaskKind mask) {
   return {.b = v[0], .nq = v[3], .nk = v[4], .hq = v[1], .hkv = v[2], .d = v[5], .dtype = dt, .causal = causal, .mask = mask};
 }
@@ -62,8 +56,8 @@ std::vector<std::int64_t> parse_shape(const std::string& text) {
   return v;
 }
 
-std::vector<Shape> default_shapes() {
-  std::vector<Shape> s;
+std::vector<BenchShape> default_shapes() {
+  std::vector<BenchShape> s;
   for (DType dt : {DType::f32, DType::bf16}) {
     const std::string suffix = dt == DType::bf16 ? "_bf16" : "";
     for (bool causal : {false, true}) {
@@ -84,36 +78,42 @@ double peak_rss_mib() {
 }
 
 void run(const BenchArgs& args) {
-  std::vector<Shape> shapes;
+  std::vector<BenchShape> shapes;
   const DType dt = parse_dtype(args.dtype, "--dtype");
   const MaskKind mask = args.mask == "padding" ? MaskKind::padding : MaskKind::none;
   for (const auto& text : args.shapes) shapes.push_back({"shape_" + text, make_case(parse_shape(text), args.causal, dt, mask), args.naive});
   if (args.long_context) shapes.push_back({"long_64k_causal", make_case({1, 8, 8, 65536, 65536, 128}, true, dt, mask)});
   if (shapes.empty()) shapes = default_shapes();
+  run_bench(shapes, args.min_time, args.json);
+}
 
+}  // namespace
+
+void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std::string& json) {
   const Isa isa = active_isa();
   const bool has_bf16_dot = cpu_supports(Isa::avx512bf16);
   const double fp32_ceiling = detail::measure_ceiling_gflops(isa, detail::PeakKind::fp32_fma);
   const double bf16_ceiling = has_bf16_dot ? detail::measure_ceiling_gflops(Isa::avx512bf16, detail::PeakKind::bf16_dot) : 0;
   fmt::print("## mha bench: flash forward, ISA {}, {} threads\n\n", to_string(isa), num_threads());
-  fmt::print("Ceiling measured now on {} threads: fp32 FMA ({}) {:.1f} GFLOP/s", num_threads(), to_string(isa), fp32_ceiling);
+  const Isa fma_isa = isa == Isa::avx512bf16 ? Isa::avx512 : isa;  // the FMA loop that ISA runs
+  fmt::print("Ceiling measured now on {} threads: fp32 FMA ({}) {:.1f} GFLOP/s", num_threads(), to_string(fma_isa), fp32_ceiling);
   if (has_bf16_dot) fmt::print(", bf16 dot (vdpbf16ps) {:.1f} GFLOP/s", bf16_ceiling);
   fmt::print(".\nf32/f16 rows are measured against the fp32 ceiling, bf16 rows against the machine's bf16 ceiling.\n\n");
 
   Table table({"name", "B", "Hq/Hkv", "Nq", "Nk", "D", "causal", "mask", "dtype", "ms", "GFLOP/s", "ceiling", "fraction", "vs naive"});
   nlohmann::json records = nlohmann::json::array();
-  for (const Shape& s : shapes) {
+  for (const BenchShape& s : shapes) {
     const Case& c = s.c;
     const double rss_before = peak_rss_mib();
     const check::CaseData data(c);
     std::vector<std::uint8_t> storage;
     const Tensor out = data.make_out(storage, c);
     const double flops = attention_flops(data.tq, data.tk, data.tv, data.options);
-    const double ms = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); }, args.min_time);
+    const double ms = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); }, min_time);
     const double gflops = flops / ms * 1e-6;
     const double ceiling = c.dtype == DType::bf16 && has_bf16_dot ? bf16_ceiling : fp32_ceiling;
     nlohmann::json r = {{"name", s.name}, {"b", c.b}, {"hq", c.hq}, {"hkv", c.hkv}, {"nq", c.nq}, {"nk", c.nk},
-                        {"d", c.d}, {"causal", c.causal}, {"mask", args.mask == "padding" || c.mask == MaskKind::padding ? "padding" : "none"},
+                        {"d", c.d}, {"causal", c.causal}, {"mask", c.mask == MaskKind::padding ? "padding" : "none"},
                         {"dtype", std::string(to_string(c.dtype))}, {"isa", std::string(to_string(isa))},
                         {"threads", num_threads()}, {"ms", ms}, {"gflops", gflops}, {"ceiling_gflops", ceiling},
                         {"fraction_of_ceiling", gflops / ceiling}};
@@ -137,15 +137,13 @@ void run(const BenchArgs& args) {
   }
   table.print();
   fmt::print("\nFLOPs = 2·(D + Dv) per visible (query, key) pair (4·B·Hq·Nq·Nk·D for full attention). Times are medians.\n");
-  if (!args.json.empty()) {
-    std::ofstream f(args.json);
+  if (!json.empty()) {
+    std::ofstream f(json);
     f << records.dump(2) << "\n";
-    if (!f) throw IoError(args.json, fmt::format("cannot write '{}'", args.json));
-    fmt::print("JSON records written to {}\n", args.json);
+    if (!f) throw IoError(json, fmt::format("cannot write '{}'", json));
+    fmt::print("JSON records written to {}\n", json);
   }
 }
-
-}  // namespace
 
 void add_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();

@@ -4,7 +4,6 @@
 
 #include "check/case.h"
 #include "commands.h"
-#include "mha/reference.h"
 #include "report.h"
 #include "table.h"
 
@@ -41,42 +40,15 @@ void correctness() {
   }
 }
 
-struct Shape {
-  Case c;
-  bool with_naive;
-};
-
 void timing() {
-  const Shape shapes[] = {
-      {{.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64}, true},
-      {{.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .causal = true}, true},
-      {{.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .dtype = DType::bf16}, false},
-      {{.b = 4, .nq = 384, .nk = 384, .hq = 16, .hkv = 16, .d = 64, .mask = MaskKind::padding}, true},
-      {{.b = 1, .nq = 2048, .nk = 2048, .hq = 8, .hkv = 2, .d = 128, .causal = true}, false},
+  const BenchShape shapes[] = {
+      {"h8_n1024_d64", {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64}, true},
+      {"h8_n1024_d64_causal", {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .causal = true}, true},
+      {"h8_n1024_d128_bf16", {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 128, .dtype = DType::bf16}},
+      {"bert_b4_padmask", {.b = 4, .nq = 384, .nk = 384, .hq = 16, .hkv = 16, .d = 64, .mask = MaskKind::padding}, true},
+      {"gqa_32_8_n2048_causal", {.b = 1, .nq = 2048, .nk = 2048, .hq = 32, .hkv = 8, .d = 128, .causal = true}},
   };
-  fmt::print("## Timing: flash forward vs the naive path (ISA {}, {} threads)\n\n",
-             to_string(active_isa()), num_threads());
-  Table table({"shape", "options", "flash ms", "flash GFLOP/s", "naive ms", "naive GFLOP/s", "speedup"});
-  for (const Shape& s : shapes) {
-    const Case& c = s.c;
-    const check::CaseData data(c);
-    std::vector<std::uint8_t> storage;
-    const Tensor out = data.make_out(storage, c);
-    const double flops = attention_flops(data.tq, data.tk, data.tv, data.options);
-    const double flash = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); });
-    std::vector<std::string> row = {c.shape_string(), c.options_string(), fmt::format("{:.2f}", flash),
-                                    fmt::format("{:.1f}", flops / flash * 1e-6)};
-    if (s.with_naive) {
-      const double naive = time_ms([&] { reference::attention_naive(data.tq, data.tk, data.tv, out, data.options); }, 0.2);
-      row.insert(row.end(), {fmt::format("{:.2f}", naive), fmt::format("{:.1f}", flops / naive * 1e-6),
-                             fmt::format("{:.1f}×", naive / flash)});
-    } else {
-      row.insert(row.end(), {"-", "-", "-"});
-    }
-    table.add(std::move(row));
-  }
-  table.print();
-  fmt::print("\nGFLOP/s counts 2·(D + Dv) flops per visible (query, key) pair. Times are medians.\n");
+  run_bench({std::begin(shapes), std::end(shapes)}, 0.3, "");
 }
 
 }  // namespace

@@ -15,6 +15,18 @@ Table accuracy_table();
 std::vector<std::string> accuracy_row(const std::string& id, const check::Case& c, Isa isa,
                                       const check::Accuracy& a);
 
+// A benchmark shape: random data of the case, timed through mha::attention (and the naive path
+// when with_naive).
+struct BenchShape {
+  std::string name;
+  check::Case c;
+  bool with_naive = false;
+};
+
+// Times each shape, measures the machine's ceiling in the same run, prints the markdown table and,
+// when `json` is not empty, writes the JSON records there.
+void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std::string& json);
+
 // Median milliseconds of fn over repeats, after one warm-up, spending about `budget_s` seconds.
 double time_ms(const std::function<void()>& fn, double budget_s = 0.5);
 
