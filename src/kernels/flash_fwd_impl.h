@@ -16,9 +16,11 @@
 //  - O [64][Dv] += P·V keeps RB rows × DB vectors of O in registers over the tile's keys,
 //    broadcasting P[i][j] and reading V rows in place; the alpha rescale is folded into the load
 //    of those registers, so it costs one multiply per O element per tile.
+// The products run through a dot policy: Fp32Dot (f32 FMAs, every ISA) or Bf16Dot (vdpbf16ps for
+// bf16 inputs, flash_fwd_bf16dot.h, AVX-512 BF16 only); softmax, masks and the store are shared.
 // Traffic: Q once per item; each visible K/V tile once per item (from L2 for long sequences);
-// O stays in L1/L2 until the item ends. Working memory is kFlashScratchFloats per thread
-// (~420 KB at D = 256), independent of the sequence lengths.
+// O stays in L1/L2 until the item ends. Working memory is kFlashScratchFloats per thread (~300 KB),
+// independent of the sequence lengths.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including flash_fwd_impl.h"
 #endif
