@@ -54,7 +54,7 @@ double run_once(Loop loop, std::int64_t iters) {
 
 double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds) {
   const Loop loop = peak_loop(isa, kind);
-  // Calibrate the iteration count to about `seconds`, then take the median of five runs.
+  // Calibrate the iteration count to about `seconds`, then take the best of seven runs.
   std::int64_t iters = 1 << 14;
   for (;;) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -66,10 +66,9 @@ double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds) {
     }
     iters *= 4;
   }
-  std::vector<double> runs;
-  for (int r = 0; r < 5; ++r) runs.push_back(run_once(loop, std::max<std::int64_t>(iters, 1)));
-  std::sort(runs.begin(), runs.end());
-  return runs[2];
+  double best = 0;
+  for (int r = 0; r < 7; ++r) best = std::max(best, run_once(loop, std::max<std::int64_t>(iters, 1)));
+  return best;
 }
 
 }  // namespace mha::detail

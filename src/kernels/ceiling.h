@@ -16,8 +16,9 @@ namespace avx512bf16 { double peak_dot_loop(std::int64_t iters); }
 
 enum class PeakKind { fp32_fma, bf16_dot };
 
-// GFLOP/s of the loop for `isa` on all pool threads together (median of a few runs of about
-// `seconds` each). bf16_dot needs an ISA with AVX-512 BF16.
+// GFLOP/s of the loop for `isa` on all pool threads together: the best of several runs of about
+// `seconds` each (a ceiling is what the machine can do; interference from other tenants only
+// lowers a run). bf16_dot needs an ISA with AVX-512 BF16.
 double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds = 0.1);
 
 }  // namespace mha::detail
