@@ -5,6 +5,7 @@
 #include "mha/errors.h"
 #include "mha/npy.h"
 #include "mha/reference.h"
+#include "mha/rope.h"
 #include "mha/runtime.h"
 #include "mha/tensor.h"
 #include "mha/version.h"

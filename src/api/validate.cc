@@ -21,11 +21,7 @@ template <class E = InvalidArgument, class... Args>
           fmt::format("{}: {}", func, fmt::format(f, std::forward<Args>(args)...)));
 }
 
-// Bytes spanned by a view: [0, extent). Checks sizes, strides, dtype and null data.
-struct Span {
-  const char* begin = nullptr;
-  const char* end = nullptr;  // begin == end: empty
-};
+}  // namespace
 
 Span check_view(const char* func, const std::string& name, const Tensor& t, int min_rank,
                 int max_rank) {
@@ -68,8 +64,6 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
   return {b, b + bytes};
 }
 
-// An output must not write one element twice: sorted by stride, each dim must step past the span
-// of the smaller ones.
 void check_no_self_overlap(const char* func, const std::string& name, const Tensor& t) {
   std::vector<std::pair<std::int64_t, std::int64_t>> dims;  // (stride, size)
   for (int i = 0; i < t.rank; ++i)
@@ -84,6 +78,8 @@ void check_no_self_overlap(const char* func, const std::string& name, const Tens
     span = stride * (size - 1) + span;
   }
 }
+
+namespace {
 
 bool overlaps(const Span& a, const Span& b) {
   return a.begin != a.end && b.begin != b.end && a.begin < b.end && b.begin < a.end;
