@@ -30,21 +30,26 @@ int register_all() {
   using check::Case;
   const std::pair<const char*, Case> shapes[] = {
       {"b1_h8_n1024_d64", {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64}},
-      {"b1_h8_n1024_d64_causal", {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .causal = true}},
-      {"b1_h8_n1024_d128_bf16", {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 128, .dtype = DType::bf16}},
-      {"b4_h16_n384_d64_padmask", {.b = 4, .nq = 384, .nk = 384, .hq = 16, .hkv = 16, .d = 64, .mask = check::MaskKind::padding}},
+      {"b1_h8_n1024_d64_causal",
+       {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 64, .causal = true}},
+      {"b1_h8_n1024_d128_bf16",
+       {.b = 1, .nq = 1024, .nk = 1024, .hq = 8, .hkv = 8, .d = 128, .dtype = DType::bf16}},
+      {"b4_h16_n384_d64_padmask",
+       {.b = 4, .nq = 384, .nk = 384, .hq = 16, .hkv = 16, .d = 64, .mask = check::MaskKind::padding}},
       {"decode_b8_h32_kv8_n2048_d128", {.b = 8, .nq = 1, .nk = 2048, .hq = 32, .hkv = 8, .d = 128}},
   };
   for (const auto& [name, c] : shapes) {
     for (Isa isa : supported_isas()) {
       benchmark::RegisterBenchmark((std::string("flash/") + name + "/" + std::string(to_string(isa))).c_str(),
                                    [c = c, isa](benchmark::State& s) { run(s, c, isa, false); })
-          ->Unit(benchmark::kMillisecond)->UseRealTime();
+          ->Unit(benchmark::kMillisecond)
+          ->UseRealTime();
     }
   }
-  benchmark::RegisterBenchmark("naive/b4_h16_n384_d64_padmask", [c = shapes[3].second](benchmark::State& s) {
-    run(s, c, Isa::generic, true);
-  })->Unit(benchmark::kMillisecond)->UseRealTime();
+  benchmark::RegisterBenchmark("naive/b4_h16_n384_d64_padmask",
+                               [c = shapes[3].second](benchmark::State& s) { run(s, c, Isa::generic, true); })
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   return 0;
 }
 

@@ -1,10 +1,11 @@
 // The ceiling probes: exact flop counts, a measurable rate on every ISA, and the bf16 requirement.
 // (No timing is asserted: only that a rate is measured.)
+#include "kernels/ceiling.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
-#include "kernels/ceiling.h"
 #include "mha/errors.h"
 #include "mha/runtime.h"
 

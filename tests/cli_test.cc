@@ -63,9 +63,10 @@ check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
   save_input(dir.file("q.npy"), data.tq, file_shape(data.tq));
   save_input(dir.file("k.npy"), data.tk, file_shape(data.tk));
   save_input(dir.file("v.npy"), data.tv, file_shape(data.tv));
-  std::string args = "attend --q " + dir.file("q.npy") + " --k " + dir.file("k.npy") + " --v " + dir.file("v.npy") +
-                     " --out " + dir.file("o.npy") + " --lse " + dir.file("lse.npy") + " --dtype " +
-                     std::string(to_string(c.dtype)) + (c.bhsd ? " --layout bhsd" : "") + (c.causal ? " --causal" : "");
+  std::string args = "attend --q " + dir.file("q.npy") + " --k " + dir.file("k.npy") + " --v " +
+                     dir.file("v.npy") + " --out " + dir.file("o.npy") + " --lse " + dir.file("lse.npy") +
+                     " --dtype " + std::string(to_string(c.dtype)) + (c.bhsd ? " --layout bhsd" : "") +
+                     (c.causal ? " --causal" : "");
   if (c.window_left >= 0 || c.window_right >= 0)
     args += " --window " + std::to_string(c.window_left) + " " + std::to_string(c.window_right);
   if (c.scale) args += " --scale " + std::to_string(*c.scale);
@@ -112,15 +113,30 @@ TEST(Cli, AttendMatchesTheOracleForEveryOptionAndDtype) {
         {.b = 1, .nq = 100, .nk = 60, .hq = 2, .hkv = 1, .d = 40, .dtype = dt, .causal = true},
         {.b = 2, .nq = 33, .nk = 80, .hq = 2, .hkv = 2, .d = 32, .dtype = dt, .mask = MaskKind::padding},
         {.b = 1, .nq = 50, .nk = 50, .hq = 2, .hkv = 2, .d = 16, .dtype = dt, .mask = MaskKind::bias},
-        {.b = 1, .nq = 80, .nk = 80, .hq = 3, .hkv = 1, .d = 24, .dtype = dt, .window_left = 9, .window_right = 4},
+        {.b = 1,
+         .nq = 80,
+         .nk = 80,
+         .hq = 3,
+         .hkv = 1,
+         .d = 24,
+         .dtype = dt,
+         .window_left = 9,
+         .window_right = 4},
         {.b = 2, .nq = 41, .nk = 67, .hq = 4, .hkv = 1, .d = 128, .dtype = dt, .causal = true, .bhsd = true},
-        {.hq = 2, .hkv = 1, .d = 64, .dtype = dt, .causal = true, .seqlens_q = {10, 1, 70}, .seqlens_k = {10, 30, 90}},
+        {.hq = 2,
+         .hkv = 1,
+         .d = 64,
+         .dtype = dt,
+         .causal = true,
+         .seqlens_q = {10, 1, 70},
+         .seqlens_k = {10, 30, 90}},
         {.b = 1, .nq = 20, .nk = 30, .hq = 1, .hkv = 1, .d = 8, .dtype = dt, .scale = 0.25f},
     };
     for (const Case& c : cases) {
       const check::Accuracy a = attend_case(c);
-      EXPECT_TRUE(a.pass) << c.shape_string() << " " << c.options_string() << ": err " << a.max_err << " naive "
-                          << a.naive_max_err << " lse err " << a.lse_err << " naive " << a.naive_lse_err;
+      EXPECT_TRUE(a.pass) << c.shape_string() << " " << c.options_string() << ": err " << a.max_err
+                          << " naive " << a.naive_max_err << " lse err " << a.lse_err << " naive "
+                          << a.naive_lse_err;
     }
   }
 }
@@ -130,8 +146,8 @@ TEST(Cli, AttendUnderEveryIsaAndThreadCount) {
   for (Isa isa : supported_isas()) {
     const check::Accuracy a = attend_case(c, "");  // default ISA
     EXPECT_TRUE(a.pass);
-    const Result r = run_cli(std::string("--isa ") + std::string(to_string(isa)) + " --threads 1 check --count 3 --check-isa " +
-                             std::string(to_string(isa)));
+    const Result r = run_cli(std::string("--isa ") + std::string(to_string(isa)) +
+                             " --threads 1 check --count 3 --check-isa " + std::string(to_string(isa)));
     EXPECT_EQ(r.status, 0) << r.output;
   }
 }
@@ -141,10 +157,12 @@ TEST(Cli, AttendErrorsExitNonZeroWithAMessage) {
   std::vector<float> q(2 * 5 * 4 * 8, 0.5f), k(2 * 7 * 3 * 8, 0.5f);
   save_npy(dir.file("q.npy"), DType::f32, {2, 5, 4, 8}, q.data());
   save_npy(dir.file("k.npy"), DType::f32, {2, 7, 3, 8}, k.data());
-  const std::string base = "attend --q " + dir.file("q.npy") + " --v " + dir.file("k.npy") + " --out " + dir.file("o.npy");
+  const std::string base =
+      "attend --q " + dir.file("q.npy") + " --v " + dir.file("k.npy") + " --out " + dir.file("o.npy");
   Result r = run_cli(base + " --k " + dir.file("k.npy"));
   EXPECT_EQ(r.status, 2);
-  EXPECT_NE(r.output.find("(kv heads) = 3 does not divide q.shape[2] (heads) = 4"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("(kv heads) = 3 does not divide q.shape[2] (heads) = 4"), std::string::npos)
+      << r.output;
   EXPECT_FALSE(std::filesystem::exists(dir.file("o.npy")));
 
   testing::write_bytes(dir.file("cut.npy"), testing::read_bytes(dir.file("k.npy")).substr(0, 100));
@@ -164,17 +182,22 @@ TEST(Cli, AttendErrorsExitNonZeroWithAMessage) {
 
 TEST(Cli, BenchWritesRecordsAgainstTheSameRunCeiling) {
   TempDir dir;
-  const Result r = run_cli("--threads 2 bench --shape 1,2,1,70,90,32 --shape 2,4,4,33,33,16 --causal --dtype bf16 "
-                           "--mask padding --naive --min-time 0.01 --json " + dir.file("b.json"));
+  const Result r = run_cli(
+      "--threads 2 bench --shape 1,2,1,70,90,32 --shape 2,4,4,33,33,16 --causal --dtype bf16 "
+      "--mask padding --naive --min-time 0.01 --json " +
+      dir.file("b.json"));
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("Ceiling measured in this run (best of runs before and after the shapes) on 2 threads"),
-            std::string::npos) << r.output;
+  EXPECT_NE(
+      r.output.find("Ceiling measured in this run (best of runs before and after the shapes) on 2 threads"),
+      std::string::npos)
+      << r.output;
   std::ifstream in(dir.file("b.json"));
   const nlohmann::json records = nlohmann::json::parse(in);
   ASSERT_EQ(records.size(), 2u);
   const nlohmann::json& a = records[0];
-  for (const char* key : {"name", "b", "hq", "hkv", "nq", "nk", "d", "causal", "dtype", "isa", "threads", "ms",
-                          "gflops", "ceiling_gflops", "fraction_of_ceiling", "naive_ms", "speedup_vs_naive"})
+  for (const char* key :
+       {"name", "b", "hq", "hkv", "nq", "nk", "d", "causal", "dtype", "isa", "threads", "ms", "gflops",
+        "ceiling_gflops", "fraction_of_ceiling", "naive_ms", "speedup_vs_naive"})
     EXPECT_TRUE(a.contains(key)) << key;
   EXPECT_EQ(a["b"], 1);
   EXPECT_EQ(a["hq"], 2);

@@ -1,11 +1,12 @@
 // f16 / bf16 conversions: exhaustive over the 16-bit values, round-to-nearest-even on the way down.
+#include "runtime/dtype_convert.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstring>
 
 #include "check/random.h"
-#include "runtime/dtype_convert.h"
 
 namespace mha::detail {
 namespace {
@@ -35,15 +36,15 @@ TEST(DtypeConvert, F16MatchesTheCompilersConversion) {
 }
 
 TEST(DtypeConvert, F16EdgeCases) {
-  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);       // max finite
-  EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);       // rounds down
-  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);       // ties to even: inf
+  EXPECT_EQ(f32_to_f16(65504.0f), 0x7bff);  // max finite
+  EXPECT_EQ(f32_to_f16(65519.0f), 0x7bff);  // rounds down
+  EXPECT_EQ(f32_to_f16(65520.0f), 0x7c00);  // ties to even: inf
   EXPECT_EQ(f32_to_f16(1e9f), 0x7c00);
   EXPECT_EQ(f32_to_f16(-INFINITY), 0xfc00);
   EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -24)), 0x0001);  // smallest subnormal
   EXPECT_EQ(f32_to_f16(std::ldexp(1.0f, -25)), 0x0000);  // tie to even: zero
   EXPECT_EQ(f32_to_f16(-0.0f), 0x8000);
-  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);  // tie: to even (1.0)
+  EXPECT_EQ(f32_to_f16(1.0f + std::ldexp(1.0f, -11)), 0x3c00);      // tie: to even (1.0)
   EXPECT_EQ(f32_to_f16(1.0f + 3 * std::ldexp(1.0f, -11)), 0x3c02);  // tie: to even (up)
 }
 
@@ -65,7 +66,8 @@ TEST(DtypeConvert, RoundToIsIdempotent) {
   check::Random rng(9);
   for (int i = 0; i < 10000; ++i) {
     const float f = float(rng.normal()) * 100;
-    for (DType t : {DType::f32, DType::f16, DType::bf16}) EXPECT_EQ(round_to(t, round_to(t, f)), round_to(t, f));
+    for (DType t : {DType::f32, DType::f16, DType::bf16})
+      EXPECT_EQ(round_to(t, round_to(t, f)), round_to(t, f));
   }
 }
 

@@ -64,8 +64,8 @@ TEST_P(EveryIsa, CausalWithMoreQueriesThanKeysZeroesTheTopRows) {
   opt.causal = true;
   const Tensor tlse = Tensor::contiguous(lse.data(), DType::f32, {1, 1, Nq});
   attention(Tensor::bshd(q.data(), DType::f32, 1, Nq, 1, D), Tensor::bshd(k.data(), DType::f32, 1, Nk, 1, D),
-            Tensor::bshd(v.data(), DType::f32, 1, Nk, 1, D), Tensor::bshd(out.data(), DType::f32, 1, Nq, 1, D),
-            opt, &tlse);
+            Tensor::bshd(v.data(), DType::f32, 1, Nk, 1, D),
+            Tensor::bshd(out.data(), DType::f32, 1, Nq, 1, D), opt, &tlse);
   for (std::int64_t i = 0; i < Nq; ++i) {
     if (i < Nq - Nk) {
       EXPECT_EQ(lse[i], -kInf) << i;
@@ -90,8 +90,8 @@ TEST_P(EveryIsa, KeysOutsideEveryWindowAreNeverRead) {
   opt.causal = true;
   opt.window_left = left;
   attention(Tensor::bshd(q.data(), DType::f32, 1, Nq, 1, D), Tensor::bshd(k.data(), DType::f32, 1, Nk, 1, D),
-            Tensor::bshd(v.data(), DType::f32, 1, Nk, 1, D), Tensor::bshd(out.data(), DType::f32, 1, Nq, 1, D),
-            opt);
+            Tensor::bshd(v.data(), DType::f32, 1, Nk, 1, D),
+            Tensor::bshd(out.data(), DType::f32, 1, Nq, 1, D), opt);
   for (float x : out) ASSERT_TRUE(std::isfinite(x));
 }
 
@@ -111,9 +111,20 @@ TEST_P(EveryIsa, SameBitsForAnyThreadCount) {
   const int saved = num_threads();
   for (const check::Case& c : {
            check::Case{.b = 2, .nq = 300, .nk = 260, .hq = 4, .hkv = 2, .d = 64, .causal = true},
-           check::Case{.nq = 200, .nk = 200, .hq = 3, .hkv = 1, .d = 80, .dtype = DType::bf16, .mask = check::MaskKind::bias},
-           check::Case{.hq = 2, .hkv = 1, .d = 40, .window_left = 20, .window_right = 5,
-                       .seqlens_q = {130, 1, 70}, .seqlens_k = {130, 200, 10}},
+           check::Case{.nq = 200,
+           .nk = 200,
+           .hq = 3,
+           .hkv = 1,
+           .d = 80,
+           .dtype = DType::bf16,
+           .mask = check::MaskKind::bias},
+           check::Case{.hq = 2,
+           .hkv = 1,
+           .d = 40,
+           .window_left = 20,
+           .window_right = 5,
+           .seqlens_q = {130, 1, 70},
+           .seqlens_k = {130, 200, 10}},
        }) {
     const check::CaseData data(c);
     std::vector<std::vector<std::uint8_t>> outs;
@@ -138,14 +149,16 @@ TEST_P(EveryIsa, SameBitsForAnyThreadCount) {
 
 TEST_P(EveryIsa, BshdAndBhsdViewsGiveTheSameBits) {
   const std::int64_t B = 2, N = 90, H = 3, D = 48;
-  auto q = random_vec(B * N * H * D, 10), k = random_vec(B * N * H * D, 11), v = random_vec(B * N * H * D, 12);
+  auto q = random_vec(B * N * H * D, 10), k = random_vec(B * N * H * D, 11),
+       v = random_vec(B * N * H * D, 12);
   // The same logical tensors stored BHSD.
   auto to_bhsd = [&](const std::vector<float>& x) {
     std::vector<float> y(x.size());
     for (std::int64_t b = 0; b < B; ++b)
       for (std::int64_t s = 0; s < N; ++s)
         for (std::int64_t h = 0; h < H; ++h)
-          for (std::int64_t d = 0; d < D; ++d) y[((b * H + h) * N + s) * D + d] = x[((b * N + s) * H + h) * D + d];
+          for (std::int64_t d = 0; d < D; ++d)
+            y[((b * H + h) * N + s) * D + d] = x[((b * N + s) * H + h) * D + d];
     return y;
   };
   auto qh = to_bhsd(q), kh = to_bhsd(k), vh = to_bhsd(v);
@@ -153,9 +166,11 @@ TEST_P(EveryIsa, BshdAndBhsdViewsGiveTheSameBits) {
   AttentionOptions opt;
   opt.causal = true;
   attention(Tensor::bshd(q.data(), DType::f32, B, N, H, D), Tensor::bshd(k.data(), DType::f32, B, N, H, D),
-            Tensor::bshd(v.data(), DType::f32, B, N, H, D), Tensor::bshd(out1.data(), DType::f32, B, N, H, D), opt);
+            Tensor::bshd(v.data(), DType::f32, B, N, H, D), Tensor::bshd(out1.data(), DType::f32, B, N, H, D),
+            opt);
   attention(Tensor::bhsd(qh.data(), DType::f32, B, N, H, D), Tensor::bhsd(kh.data(), DType::f32, B, N, H, D),
-            Tensor::bhsd(vh.data(), DType::f32, B, N, H, D), Tensor::bhsd(out2.data(), DType::f32, B, N, H, D), opt);
+            Tensor::bhsd(vh.data(), DType::f32, B, N, H, D),
+            Tensor::bhsd(out2.data(), DType::f32, B, N, H, D), opt);
   EXPECT_EQ(to_bhsd(out1), out2);
 }
 

@@ -16,7 +16,8 @@ TEST(Isa, GenericIsAlwaysSupportedAndFirst) {
 }
 
 TEST(Isa, ParseAndName) {
-  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16}) EXPECT_EQ(parse_isa(to_string(isa)), isa);
+  for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16})
+    EXPECT_EQ(parse_isa(to_string(isa)), isa);
   EXPECT_THROW(parse_isa("sse9"), InvalidArgument);
 }
 

@@ -1,4 +1,6 @@
 // The .npy reader and writer: round trips, and a clear IoError / Unsupported for each bad file.
+#include "mha/npy.h"
+
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -6,7 +8,6 @@
 #include <vector>
 
 #include "mha/errors.h"
-#include "mha/npy.h"
 #include "test_files.h"
 
 namespace mha {
@@ -58,7 +59,8 @@ std::string npy_file(const std::string& dict, std::size_t data_bytes, int major 
 
 TEST(Npy, ReadsVersionTwoAndDoubleQuotes) {
   TempDir dir;
-  write_bytes(dir.file("v2.npy"), npy_file("{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (2, 2)}", 16, 2));
+  write_bytes(dir.file("v2.npy"),
+              npy_file("{\"descr\": \"<f4\", \"fortran_order\": False, \"shape\": (2, 2)}", 16, 2));
   const NpyArray a = load_npy(dir.file("v2.npy"));
   EXPECT_EQ(a.shape, (std::vector<std::int64_t>{2, 2}));
 }
@@ -77,16 +79,23 @@ TEST(Npy, BadFilesGetClearErrors) {
       {"magic", "PK\x03\x04 not numpy at all", "bad magic", false},
       {"version", std::string("\x93NUMPY\x07\x00\x10\x00", 10) + std::string(16, ' '), "version 7.0", false},
       {"header_cut", good.substr(0, 30), "truncated: header", false},
-      {"data_cut", good.substr(0, good.size() - 5), "truncated: shape needs 24 data bytes, the file has 19", false},
+      {"data_cut", good.substr(0, good.size() - 5), "truncated: shape needs 24 data bytes, the file has 19",
+       false},
       {"trailing", good + "xyz", "3 bytes of trailing data", false},
       {"f8", npy_file("{'descr': '<f8', 'fortran_order': False, 'shape': (2,), }", 16), "dtype '<f8'", true},
-      {"big_endian", npy_file("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 8), "dtype '>f4'", true},
-      {"fortran", npy_file("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", 24), "fortran_order", true},
-      {"rank5", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 1, 1, 2), }", 8), "rank 5", true},
+      {"big_endian", npy_file("{'descr': '>f4', 'fortran_order': False, 'shape': (2,), }", 8), "dtype '>f4'",
+       true},
+      {"fortran", npy_file("{'descr': '<f4', 'fortran_order': True, 'shape': (2, 3), }", 24), "fortran_order",
+       true},
+      {"rank5", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 1, 1, 2), }", 8), "rank 5",
+       true},
       {"no_shape", npy_file("{'descr': '<f4', 'fortran_order': False, }", 0), "lacks one of", false},
-      {"garbage_dict", npy_file("{'descr': '<f4', 'fortran_order': maybe, 'shape': (2,), }", 8), "expected True or False", false},
-      {"unknown_key", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}", 8), "unexpected header key 'x'", false},
-      {"bad_dim", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }", 8), "expected a dimension", false},
+      {"garbage_dict", npy_file("{'descr': '<f4', 'fortran_order': maybe, 'shape': (2,), }", 8),
+       "expected True or False", false},
+      {"unknown_key", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (2,), 'x': 1}", 8),
+       "unexpected header key 'x'", false},
+      {"bad_dim", npy_file("{'descr': '<f4', 'fortran_order': False, 'shape': (2, -3), }", 8),
+       "expected a dimension", false},
   };
   for (const BadFile& c : cases) {
     const std::string path = dir.file(c.name + ".npy");

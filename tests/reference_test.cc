@@ -1,11 +1,11 @@
 // The oracle and the naive path on cases whose answer is known in closed form.
+#include "mha/reference.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 #include <vector>
-
-#include "mha/reference.h"
 
 namespace mha {
 namespace {
@@ -63,7 +63,8 @@ TEST(Reference, NaiveAgreesWithOracleInF32) {
   }
   AttentionOptions opt;
   opt.causal = true;
-  const auto tq = Tensor::bshd(q.data(), DType::f32, 1, N, 1, D), tk = Tensor::bshd(k.data(), DType::f32, 1, N, 1, D),
+  const auto tq = Tensor::bshd(q.data(), DType::f32, 1, N, 1, D),
+             tk = Tensor::bshd(k.data(), DType::f32, 1, N, 1, D),
              tv = Tensor::bshd(v.data(), DType::f32, 1, N, 1, D);
   const auto r = reference::attention_f64(tq, tk, tv, opt);
   reference::attention_naive(tq, tk, tv, Tensor::bshd(out.data(), DType::f32, 1, N, 1, D), opt);

@@ -1,5 +1,7 @@
 // RoPE against the direct formula, both conventions, offsets per sequence, partial rotary,
 // dtypes, the relative-position property, and every bad input.
+#include "mha/rope.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,7 +9,6 @@
 
 #include "check/random.h"
 #include "mha/errors.h"
-#include "mha/rope.h"
 #include "mha/runtime.h"
 #include "runtime/dtype_convert.h"
 
@@ -50,16 +51,20 @@ TEST(Rope, MatchesTheDirectFormula) {
         const RopeTable table(rd, 1024, 10000.0);
         const auto x0 = random_vec(std::size_t(B * S * H * D), 1);
         auto x = x0;
-        const Tensor t = bhsd ? Tensor::bhsd(x.data(), DType::f32, B, S, H, D) : Tensor::bshd(x.data(), DType::f32, B, S, H, D);
+        const Tensor t = bhsd ? Tensor::bhsd(x.data(), DType::f32, B, S, H, D)
+                              : Tensor::bshd(x.data(), DType::f32, B, S, H, D);
         table.apply(t, style, offsets);
         for (std::int64_t b = 0; b < B; ++b)
           for (std::int64_t s = 0; s < S; ++s)
             for (std::int64_t h = 0; h < H; ++h) {
               std::vector<float> row(static_cast<std::size_t>(D));
-              for (std::int64_t d = 0; d < D; ++d) row[std::size_t(d)] = x0[std::size_t(b * t.strides[0] + s * t.strides[1] + h * t.strides[2] + d)];
+              for (std::int64_t d = 0; d < D; ++d)
+                row[std::size_t(d)] =
+                    x0[std::size_t(b * t.strides[0] + s * t.strides[1] + h * t.strides[2] + d)];
               for (std::int64_t d = 0; d < D; ++d) {
                 const double want = direct(row, d, offsets[b] + s, rd, 10000.0, style);
-                ASSERT_NEAR(x[std::size_t(b * t.strides[0] + s * t.strides[1] + h * t.strides[2] + d)], want, 2e-6 * (1 + std::fabs(want)))
+                ASSERT_NEAR(x[std::size_t(b * t.strides[0] + s * t.strides[1] + h * t.strides[2] + d)], want,
+                            2e-6 * (1 + std::fabs(want)))
                     << "style " << int(style) << " rd " << rd << " b " << b << " s " << s << " d " << d;
               }
             }
@@ -128,7 +133,8 @@ TEST(Rope, SixteenBitInputsRoundTheF32Result) {
     table.apply(Tensor::bshd(ref.data(), DType::f32, 1, S, 1, D), RopeStyle::interleaved, offsets);
     const double eps = dt == DType::f16 ? 0x1.0p-11 : 0x1.0p-8;  // half an ulp, relative
     for (std::size_t i = 0; i < x.size(); ++i)
-      ASSERT_NEAR(detail::load_f32(x.data(), dt, std::int64_t(i)), ref[i], eps * std::fabs(ref[i]) + 1e-30) << i;
+      ASSERT_NEAR(detail::load_f32(x.data(), dt, std::int64_t(i)), ref[i], eps * std::fabs(ref[i]) + 1e-30)
+          << i;
   }
 }
 
@@ -161,7 +167,8 @@ void expect_invalid(F&& f, const std::string& argument, const std::string& fragm
 }
 
 TEST(Rope, BadTablesAndInputs) {
-  expect_invalid([] { RopeTable(7, 10); }, "rotary_dim", "rotary_dim = 7, expected an even number from 2 to 256");
+  expect_invalid([] { RopeTable(7, 10); }, "rotary_dim",
+                 "rotary_dim = 7, expected an even number from 2 to 256");
   expect_invalid([] { RopeTable(0, 10); }, "rotary_dim", "rotary_dim = 0");
   expect_invalid([] { RopeTable(258, 10); }, "rotary_dim", "258");
   expect_invalid([] { RopeTable(64, 0); }, "max_positions", "max_positions = 0");
@@ -173,14 +180,18 @@ TEST(Rope, BadTablesAndInputs) {
   auto x = x0;
   const Tensor t = Tensor::bshd(x.data(), DType::f32, 2, 10, 2, 32);
   const std::int32_t too_far[] = {0, 60}, negative[] = {-1, 0}, one[] = {0};
-  expect_invalid([&] { table.apply(t, RopeStyle::half, too_far); }, "offsets", "positions 60..69 of batch entry 1, expected within [0, 64)");
+  expect_invalid([&] { table.apply(t, RopeStyle::half, too_far); }, "offsets",
+                 "positions 60..69 of batch entry 1, expected within [0, 64)");
   expect_invalid([&] { table.apply(t, RopeStyle::half, negative); }, "offsets", "positions -1..8");
   expect_invalid([&] { table.apply(t, RopeStyle::half, one); }, "offsets", "1 offsets for batch 2");
   EXPECT_EQ(x, x0) << "x changed on error";
   expect_invalid([&] { table.apply(Tensor::bshd(x.data(), DType::f32, 2, 10, 4, 16), RopeStyle::half); }, "x",
                  "head dim) = 16, expected >= rotary_dim = 32");
-  expect_invalid([&] { table.apply(Tensor::contiguous(x.data(), DType::f32, {20, 2, 32}), RopeStyle::half); }, "x",
-                 "rank 3, expected rank 4");
+  expect_invalid(
+      [&] {
+        table.apply(Tensor::contiguous(x.data(), DType::f32, {20, 2, 32}), RopeStyle::half);
+      },
+      "x", "rank 3, expected rank 4");
   Tensor overlapping = t;
   overlapping.strides[2] = 0;
   expect_invalid([&] { table.apply(overlapping, RopeStyle::half); }, "x", "overlapping elements");

@@ -1,7 +1,8 @@
+#include "mha/tensor.h"
+
 #include <gtest/gtest.h>
 
 #include "mha/errors.h"
-#include "mha/tensor.h"
 
 namespace mha {
 namespace {

@@ -1,3 +1,5 @@
+#include "runtime/thread_pool.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -6,7 +8,6 @@
 
 #include "mha/errors.h"
 #include "mha/runtime.h"
-#include "runtime/thread_pool.h"
 
 namespace mha::detail {
 namespace {
@@ -25,7 +26,10 @@ TEST(ThreadPool, RunsEveryItemOnce) {
 
 TEST(ThreadPool, RethrowsAndStaysUsable) {
   ThreadPool pool(3);
-  EXPECT_THROW(pool.parallel_for(100, [](std::int64_t i) { if (i == 42) throw std::runtime_error("boom"); }),
+  EXPECT_THROW(pool.parallel_for(100,
+                                 [](std::int64_t i) {
+                                   if (i == 42) throw std::runtime_error("boom");
+                                 }),
                std::runtime_error);
   std::atomic<int> count{0};
   pool.parallel_for(50, [&](std::int64_t) { count++; });

@@ -24,7 +24,6 @@ struct NpyArray {
 NpyArray load_npy(const std::string& path);
 
 // Writes a C-order array. bf16 has no NumPy dtype: Unsupported.
-void save_npy(const std::string& path, DType dtype, const std::vector<std::int64_t>& shape,
-              const void* data);
+void save_npy(const std::string& path, DType dtype, const std::vector<std::int64_t>& shape, const void* data);
 
 }  // namespace mha

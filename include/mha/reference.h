@@ -15,8 +15,7 @@ struct Result {
 
 // Float64 oracle: the inputs are read exactly in their dtype; everything after is double.
 // Same arguments and validation as mha::attention.
-Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v,
-                     const AttentionOptions& options = {});
+Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options = {});
 
 // The textbook path in working precision, one step at a time, materializing the [Nq, Nk] scores:
 // S = q·kᵀ, S *= scale, S += mask, causal/window masking, P = softmax(S), out = P·v. Products

@@ -33,10 +33,8 @@ struct Tensor {
 
   // Row-major (C-contiguous) view of the given shape (rank 1 to 4).
   static Tensor contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> shape);
-  static Tensor bshd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h,
-                     std::int64_t d);
-  static Tensor bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h,
-                     std::int64_t d);
+  static Tensor bshd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d);
+  static Tensor bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d);
 
   std::int64_t numel() const;
   // "[2, 128, 8, 64] f16 strides [..]" for error messages and logs.

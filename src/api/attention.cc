@@ -11,8 +11,7 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& 
   detail::run_flash_fwd(p, detail::flash_fwd_kernel(active_isa()));
 }
 
-double attention_flops(const Tensor& q, const Tensor& k, const Tensor& v,
-                       const AttentionOptions& options) {
+double attention_flops(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
   const detail::AttentionParams p =
       detail::validate_attention("attention_flops", q, k, v, nullptr, options, nullptr);
   double pairs = 0;

@@ -25,8 +25,8 @@ DType parse_dtype(std::string_view name, std::string_view argument) {
 
 Tensor Tensor::contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> shape) {
   if (shape.size() < 1 || shape.size() > std::size_t(kMaxRank)) {
-    throw InvalidArgument("shape", fmt::format("Tensor::contiguous: rank {} , expected 1 to {}",
-                                               shape.size(), kMaxRank));
+    throw InvalidArgument(
+        "shape", fmt::format("Tensor::contiguous: rank {} , expected 1 to {}", shape.size(), kMaxRank));
   }
   Tensor t;
   t.data = data;
@@ -42,13 +42,11 @@ Tensor Tensor::contiguous(void* data, DType dtype, std::initializer_list<std::in
   return t;
 }
 
-Tensor Tensor::bshd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h,
-                    std::int64_t d) {
+Tensor Tensor::bshd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) {
   return contiguous(data, dtype, {b, s, h, d});
 }
 
-Tensor Tensor::bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h,
-                    std::int64_t d) {
+Tensor Tensor::bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d) {
   Tensor t;
   t.data = data;
   t.dtype = dtype;

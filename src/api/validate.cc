@@ -15,24 +15,21 @@ namespace mha::detail {
 namespace {
 
 template <class E = InvalidArgument, class... Args>
-[[noreturn]] void fail(const char* func, const std::string& argument,
-                       fmt::format_string<Args...> f, Args&&... args) {
-  throw E(argument,
-          fmt::format("{}: {}", func, fmt::format(f, std::forward<Args>(args)...)));
+[[noreturn]] void fail(const char* func, const std::string& argument, fmt::format_string<Args...> f,
+                       Args&&... args) {
+  throw E(argument, fmt::format("{}: {}", func, fmt::format(f, std::forward<Args>(args)...)));
 }
 
 }  // namespace
 
-Span check_view(const char* func, const std::string& name, const Tensor& t, int min_rank,
-                int max_rank) {
+Span check_view(const char* func, const std::string& name, const Tensor& t, int min_rank, int max_rank) {
   if (t.rank < min_rank || t.rank > max_rank) {
-    if (min_rank == max_rank)
-      fail(func, name, "{} has rank {}, expected rank {}", name, t.rank, min_rank);
+    if (min_rank == max_rank) fail(func, name, "{} has rank {}, expected rank {}", name, t.rank, min_rank);
     fail(func, name, "{} has rank {}, expected rank {} to {}", name, t.rank, min_rank, max_rank);
   }
   if (t.dtype != DType::f32 && t.dtype != DType::f16 && t.dtype != DType::bf16) {
-    fail<Unsupported>(func, name, "{}.dtype = {} is not a dtype mha knows, expected f32, f16 or bf16",
-                      name, int(t.dtype));
+    fail<Unsupported>(func, name, "{}.dtype = {} is not a dtype mha knows, expected f32, f16 or bf16", name,
+                      int(t.dtype));
   }
   std::int64_t numel = 1;
   std::int64_t last = 0;  // offset of the last element, in elements
@@ -43,8 +40,7 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
     std::int64_t term = 0;
     if (s > 0 && (__builtin_mul_overflow(s - 1, st, &term) || __builtin_add_overflow(last, term, &last) ||
                   __builtin_mul_overflow(numel, s, &numel))) {
-      fail(func, name, "{} {} overflows a 64-bit offset, expected an addressable view", name,
-           t.describe());
+      fail(func, name, "{} {} overflows a 64-bit offset, expected an addressable view", name, t.describe());
     }
     if (s == 0) numel = 0;
   }
@@ -57,8 +53,7 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
          t.describe());
   }
   if (t.data == nullptr) {
-    fail(func, name, "{}.data is null but {} has {} elements, expected a valid pointer", name, name,
-         numel);
+    fail(func, name, "{}.data is null but {} has {} elements, expected a valid pointer", name, name, numel);
   }
   const char* b = static_cast<const char*>(t.data);
   return {b, b + bytes};
@@ -87,9 +82,8 @@ bool overlaps(const Span& a, const Span& b) {
 
 }  // namespace
 
-AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k,
-                                   const Tensor& v, const Tensor* out_arg,
-                                   const AttentionOptions& o, const Tensor* lse) {
+AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor* out_arg, const AttentionOptions& o, const Tensor* lse) {
   const Span sq = check_view(func, "q", q, 4, 4);
   const Span sk = check_view(func, "k", k, 4, 4);
   const Span sv = check_view(func, "v", v, 4, 4);
@@ -99,11 +93,11 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
 
   // dtypes
   if (k.dtype != q.dtype)
-    fail(func, "k", "k.dtype = {} differs from q.dtype = {}, expected the same dtype",
-         to_string(k.dtype), to_string(q.dtype));
+    fail(func, "k", "k.dtype = {} differs from q.dtype = {}, expected the same dtype", to_string(k.dtype),
+         to_string(q.dtype));
   if (v.dtype != q.dtype)
-    fail(func, "v", "v.dtype = {} differs from q.dtype = {}, expected the same dtype",
-         to_string(v.dtype), to_string(q.dtype));
+    fail(func, "v", "v.dtype = {} differs from q.dtype = {}, expected the same dtype", to_string(v.dtype),
+         to_string(q.dtype));
   if (out_arg != nullptr && out.dtype != DType::f32 && out.dtype != q.dtype)
     fail<Unsupported>(func, "out", "out.dtype = {} with q.dtype = {}, expected f32 or {}",
                       to_string(out.dtype), to_string(q.dtype), to_string(q.dtype));
@@ -111,10 +105,8 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
   // shapes
   const std::int64_t B = q.shape[0], Nq = q.shape[1], Hq = q.shape[2], D = q.shape[3];
   const std::int64_t Nk = k.shape[1], Hkv = k.shape[2], Dv = v.shape[3];
-  if (k.shape[0] != B)
-    fail(func, "k", "k.shape[0] (batch) = {}, expected q.shape[0] = {}", k.shape[0], B);
-  if (v.shape[0] != B)
-    fail(func, "v", "v.shape[0] (batch) = {}, expected q.shape[0] = {}", v.shape[0], B);
+  if (k.shape[0] != B) fail(func, "k", "k.shape[0] (batch) = {}, expected q.shape[0] = {}", k.shape[0], B);
+  if (v.shape[0] != B) fail(func, "v", "v.shape[0] (batch) = {}, expected q.shape[0] = {}", v.shape[0], B);
   if (v.shape[1] != Nk)
     fail(func, "v", "v.shape[1] (seqlen_k) = {}, expected k.shape[1] = {}", v.shape[1], Nk);
   if (v.shape[2] != Hkv)
@@ -122,21 +114,22 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
   if (Hq < 1) fail(func, "q", "q.shape[2] (heads) = {}, expected >= 1", Hq);
   if (Hkv < 1) fail(func, "k", "k.shape[2] (kv heads) = {}, expected >= 1", Hkv);
   if (Hq % Hkv != 0)
-    fail(func, "k", "k.shape[2] (kv heads) = {} does not divide q.shape[2] (heads) = {}, "
-         "expected Hq to be a multiple of Hkv", Hkv, Hq);
+    fail(func, "k",
+         "k.shape[2] (kv heads) = {} does not divide q.shape[2] (heads) = {}, "
+         "expected Hq to be a multiple of Hkv",
+         Hkv, Hq);
   if (D < 1) fail(func, "q", "q.shape[3] (head dim) = {}, expected 1 to {}", D, kMaxHeadDim);
   if (D > kMaxHeadDim)
     fail<Unsupported>(func, "q", "q.shape[3] (head dim) = {}, expected 1 to {}", D, kMaxHeadDim);
-  if (k.shape[3] != D)
-    fail(func, "k", "k.shape[3] (head dim) = {}, expected q.shape[3] = {}", k.shape[3], D);
+  if (k.shape[3] != D) fail(func, "k", "k.shape[3] (head dim) = {}, expected q.shape[3] = {}", k.shape[3], D);
   if (Dv < 1) fail(func, "v", "v.shape[3] (head dim) = {}, expected 1 to {}", Dv, kMaxHeadDim);
   if (Dv > kMaxHeadDim)
     fail<Unsupported>(func, "v", "v.shape[3] (head dim) = {}, expected 1 to {}", Dv, kMaxHeadDim);
   const std::array<std::int64_t, 4> want_out{B, Nq, Hq, Dv};
   for (int i = 0; i < 4 && out_arg != nullptr; ++i) {
     if (out.shape[std::size_t(i)] != want_out[std::size_t(i)])
-      fail(func, "out", "out.shape = {}, expected [{}, {}, {}, {}] ([B, Nq, Hq, Dv])",
-           out.describe(), B, Nq, Hq, Dv);
+      fail(func, "out", "out.shape = {}, expected [{}, {}, {}, {}] ([B, Nq, Hq, Dv])", out.describe(), B, Nq,
+           Hq, Dv);
   }
 
   AttentionParams p;
@@ -165,16 +158,18 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
   if (varlen) {
     const auto& cq = o.cu_seqlens_q;
     const auto& ck = o.cu_seqlens_k;
-    if (cq.empty()) fail(func, "cu_seqlens_q", "cu_seqlens_q is empty but cu_seqlens_k is set, expected both or neither");
-    if (ck.empty()) fail(func, "cu_seqlens_k", "cu_seqlens_k is empty but cu_seqlens_q is set, expected both or neither");
+    if (cq.empty())
+      fail(func, "cu_seqlens_q", "cu_seqlens_q is empty but cu_seqlens_k is set, expected both or neither");
+    if (ck.empty())
+      fail(func, "cu_seqlens_k", "cu_seqlens_k is empty but cu_seqlens_q is set, expected both or neither");
     if (cq.size() < 2)
       fail(func, "cu_seqlens_q", "cu_seqlens_q has {} entries, expected batch + 1 >= 2", cq.size());
     if (ck.size() != cq.size())
-      fail(func, "cu_seqlens_k", "cu_seqlens_k has {} entries, expected {} (as cu_seqlens_q)",
-           ck.size(), cq.size());
+      fail(func, "cu_seqlens_k", "cu_seqlens_k has {} entries, expected {} (as cu_seqlens_q)", ck.size(),
+           cq.size());
     if (B != 1) fail(func, "q", "q.shape[0] = {} with cu_seqlens, expected 1 (packed sequences)", B);
     const std::pair<const char*, std::span<const std::int32_t>> lists[] = {{"cu_seqlens_q", cq},
-                                                                          {"cu_seqlens_k", ck}};
+                                                                           {"cu_seqlens_k", ck}};
     const std::int64_t totals[] = {Nq, Nk};
     std::int64_t maxima[] = {0, 0};
     for (int l = 0; l < 2; ++l) {
@@ -182,13 +177,13 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
       if (cu[0] != 0) fail(func, name, "{}[0] = {}, expected 0", name, cu[0]);
       for (std::size_t i = 1; i < cu.size(); ++i) {
         if (cu[i] < cu[i - 1])
-          fail(func, name, "{}[{}] = {} < {}[{}] = {}, expected non-decreasing offsets", name, i,
-               cu[i], name, i - 1, cu[i - 1]);
+          fail(func, name, "{}[{}] = {} < {}[{}] = {}, expected non-decreasing offsets", name, i, cu[i], name,
+               i - 1, cu[i - 1]);
         maxima[l] = std::max<std::int64_t>(maxima[l], cu[i] - cu[i - 1]);
       }
       if (cu.back() != totals[l])
-        fail(func, name, "{}[{}] = {}, expected the packed total {} ({}.shape[1])", name,
-             cu.size() - 1, cu.back(), totals[l], l == 0 ? "q" : "k");
+        fail(func, name, "{}[{}] = {}, expected the packed total {} ({}.shape[1])", name, cu.size() - 1,
+             cu.back(), totals[l], l == 0 ? "q" : "k");
     }
     p.cu_q = cq.data();
     p.cu_k = ck.data();
@@ -209,9 +204,10 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
       const std::int64_t size = i < pad ? 1 : m.shape[std::size_t(i - pad)];
       const std::int64_t stride = i < pad ? 0 : m.strides[std::size_t(i - pad)];
       if (size != 1 && size != want[i]) {
-        fail(func, "mask", "mask.shape = {} does not broadcast to [{}, {}, {}, {}]: dim {} ({}) "
-             "is {}, expected 1 or {}", m.describe(), want[0], want[1], want[2], want[3], i - pad,
-             dim_names[i], size, want[i]);
+        fail(func, "mask",
+             "mask.shape = {} does not broadcast to [{}, {}, {}, {}]: dim {} ({}) "
+             "is {}, expected 1 or {}",
+             m.describe(), want[0], want[1], want[2], want[3], i - pad, dim_names[i], size, want[i]);
       }
       p.mask_stride[i] = size == 1 ? 0 : stride;
     }
@@ -225,15 +221,16 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
   if (o.window_right < -1)
     fail(func, "window_right", "window_right = {}, expected -1 (unbounded) or >= 0", o.window_right);
   if (o.causal && o.window_right > 0)
-    fail(func, "window_right", "window_right = {} with causal = true, expected -1 or 0 (causal "
-         "sees no keys to the right)", o.window_right);
+    fail(func, "window_right",
+         "window_right = {} with causal = true, expected -1 or 0 (causal "
+         "sees no keys to the right)",
+         o.window_right);
   p.window_left = o.window_left;
   p.window_right = o.causal ? 0 : o.window_right;
 
   // scale
   p.scale = o.scale ? *o.scale : float(1.0 / std::sqrt(double(D)));
-  if (!std::isfinite(p.scale))
-    fail(func, "scale", "scale = {}, expected a finite number", p.scale);
+  if (!std::isfinite(p.scale)) fail(func, "scale", "scale = {}, expected a finite number", p.scale);
 
   // log-sum-exp output
   Span slse;
@@ -242,8 +239,7 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
     if (lse->dtype != DType::f32)
       fail<Unsupported>(func, "lse", "lse.dtype = {}, expected f32", to_string(lse->dtype));
     if (lse->shape[0] != B || lse->shape[1] != Hq || lse->shape[2] != Nq)
-      fail(func, "lse", "lse.shape = {}, expected [{}, {}, {}] ([B, Hq, Nq])", lse->describe(), B,
-           Hq, Nq);
+      fail(func, "lse", "lse.shape = {}, expected [{}, {}, {}] ([B, Hq, Nq])", lse->describe(), B, Hq, Nq);
     check_no_self_overlap(func, "lse", *lse);
     for (int i = 0; i < 3; ++i) p.lse_stride[i] = lse->strides[std::size_t(i)];
     p.lse = static_cast<float*>(lse->data);
@@ -258,8 +254,7 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
     if (overlaps(slse, span))
       fail(func, "lse", "lse overlaps {} in memory, expected a separate output buffer", name);
   }
-  if (overlaps(slse, so))
-    fail(func, "lse", "lse overlaps out in memory, expected a separate output buffer");
+  if (overlaps(slse, so)) fail(func, "lse", "lse overlaps out in memory, expected a separate output buffer");
   return p;
 }
 

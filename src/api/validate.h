@@ -27,8 +27,7 @@ void check_no_self_overlap(const char* func, const std::string& name, const Tens
 // Checks q, k, v, out, options and lse; returns the call in validated form or throws
 // InvalidArgument / Unsupported naming the argument. `func` prefixes the messages. A null `out`
 // (the float64 reference, which returns its own buffers) skips the output checks.
-AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k,
-                                   const Tensor& v, const Tensor* out,
-                                   const AttentionOptions& options, const Tensor* lse);
+AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k, const Tensor& v,
+                                   const Tensor* out, const AttentionOptions& options, const Tensor* lse);
 
 }  // namespace mha::detail

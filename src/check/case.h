@@ -59,8 +59,8 @@ struct Accuracy {
   double naive_max_err = 0;  // naive same-precision path vs oracle
   double floor = 0;          // the bar's absolute floor (output rounding near |oracle| + 0.3)
   double lse_err = 0, naive_lse_err = 0, lse_floor = 0;
-  double pcc = 1;            // Pearson correlation of flash out with the oracle
-  bool finite = true;        // no NaN / inf in out or lse (other than -inf for empty rows)
+  double pcc = 1;      // Pearson correlation of flash out with the oracle
+  bool finite = true;  // no NaN / inf in out or lse (other than -inf for empty rows)
   bool pass = false;
   double ratio() const { return max_err / (naive_max_err > 0 ? naive_max_err : floor); }
 };
@@ -82,7 +82,7 @@ bool meets_bar(const Accuracy& a);
 
 // The oracle and the naive path for a case, computed once and reused across ISAs.
 struct Baseline {
-  std::vector<double> out, lse;           // oracle
+  std::vector<double> out, lse;  // oracle
   std::vector<double> naive_out, naive_lse;
 };
 Baseline compute_baseline(const Case& c, const CaseData& data);

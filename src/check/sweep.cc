@@ -19,8 +19,8 @@ std::vector<Case> sweep_cases() {
     add({.b = 2, .nq = 70, .nk = 70, .hq = 2, .hkv = 2, .d = d, .causal = true});
   }
   // Lengths around the 64-row / 64-key tiles, Nq = 1, Nk = 1.
-  const std::pair<std::int64_t, std::int64_t> lengths[] = {
-      {1, 1}, {1, 200}, {200, 1}, {63, 65}, {64, 64}, {65, 63}, {129, 127}, {3, 130}};
+  const std::pair<std::int64_t, std::int64_t> lengths[] = {{1, 1},   {1, 200}, {200, 1},   {63, 65},
+                                                           {64, 64}, {65, 63}, {129, 127}, {3, 130}};
   for (auto [nq, nk] : lengths) add({.nq = nq, .nk = nk, .hq = 3, .hkv = 3, .d = 64});
   for (auto [nq, nk] : lengths) add({.nq = nq, .nk = nk, .hq = 2, .hkv = 1, .d = 40, .causal = true});
   // Causal with Nq > Nk: the first Nq - Nk rows see no key at all (zeros, lse = -inf).
@@ -34,16 +34,46 @@ std::vector<Case> sweep_cases() {
   add({.b = 4, .nq = 1, .nk = 100, .hq = 4, .hkv = 4, .d = 32, .mask = MaskKind::padding});
   add({.b = 2, .nq = 65, .nk = 65, .hq = 4, .hkv = 2, .d = 80, .causal = true, .mask = MaskKind::head_bias});
   // Sliding windows (left, right), with and without causal.
-  add({.nq = 150, .nk = 150, .hq = 2, .hkv = 1, .d = 64, .causal = true, .window_left = 16, .window_right = 0});
+  add({.nq = 150,
+       .nk = 150,
+       .hq = 2,
+       .hkv = 1,
+       .d = 64,
+       .causal = true,
+       .window_left = 16,
+       .window_right = 0});
   add({.nq = 100, .nk = 140, .hq = 2, .hkv = 2, .d = 64, .window_left = 8, .window_right = 8});
   add({.nq = 90, .nk = 90, .hq = 1, .hkv = 1, .d = 16, .window_left = 0, .window_right = 0});
   add({.nq = 80, .nk = 200, .hq = 2, .hkv = 1, .d = 64, .window_left = -1, .window_right = 5});
-  add({.nq = 120, .nk = 70, .hq = 2, .hkv = 1, .d = 48, .window_left = 40, .window_right = -1, .mask = MaskKind::bias});
+  add({.nq = 120,
+       .nk = 70,
+       .hq = 2,
+       .hkv = 1,
+       .d = 48,
+       .window_left = 40,
+       .window_right = -1,
+       .mask = MaskKind::bias});
   // Variable-length batches, with empty sequences, causal and a padding mask.
   add({.hq = 4, .hkv = 2, .d = 64, .seqlens_q = {5, 70, 0, 1, 33}, .seqlens_k = {9, 70, 4, 130, 0}});
-  add({.hq = 2, .hkv = 1, .d = 64, .causal = true, .seqlens_q = {65, 1, 17, 100}, .seqlens_k = {65, 80, 40, 100}});
-  add({.hq = 2, .hkv = 2, .d = 32, .mask = MaskKind::padding, .seqlens_q = {20, 7, 64}, .seqlens_k = {30, 7, 90}});
-  add({.hq = 3, .hkv = 1, .d = 40, .window_left = 10, .window_right = 3, .seqlens_q = {50, 90}, .seqlens_k = {70, 90}});
+  add({.hq = 2,
+       .hkv = 1,
+       .d = 64,
+       .causal = true,
+       .seqlens_q = {65, 1, 17, 100},
+       .seqlens_k = {65, 80, 40, 100}});
+  add({.hq = 2,
+       .hkv = 2,
+       .d = 32,
+       .mask = MaskKind::padding,
+       .seqlens_q = {20, 7, 64},
+       .seqlens_k = {30, 7, 90}});
+  add({.hq = 3,
+       .hkv = 1,
+       .d = 40,
+       .window_left = 10,
+       .window_right = 3,
+       .seqlens_q = {50, 90},
+       .seqlens_k = {70, 90}});
   // PyTorch's layout, output in the input dtype, value head dim != key head dim.
   add({.b = 2, .nq = 57, .nk = 81, .hq = 4, .hkv = 2, .d = 64, .causal = true, .bhsd = true});
   add({.b = 2, .nq = 70, .nk = 45, .hq = 2, .hkv = 1, .d = 64, .out_f32 = false});

@@ -80,8 +80,14 @@ class HeaderParser {
   }
   bool boolean() {
     skip_ws();
-    if (s_.compare(pos_, 4, "True") == 0) { pos_ += 4; return true; }
-    if (s_.compare(pos_, 5, "False") == 0) { pos_ += 5; return false; }
+    if (s_.compare(pos_, 4, "True") == 0) {
+      pos_ += 4;
+      return true;
+    }
+    if (s_.compare(pos_, 5, "False") == 0) {
+      pos_ += 5;
+      return false;
+    }
     fail("expected True or False");
   }
   std::vector<std::int64_t> tuple() {
@@ -89,7 +95,10 @@ class HeaderParser {
     std::vector<std::int64_t> dims;
     for (;;) {
       skip_ws();
-      if (peek() == ')') { ++pos_; break; }
+      if (peek() == ')') {
+        ++pos_;
+        break;
+      }
       if (!std::isdigit(static_cast<unsigned char>(peek()))) fail("expected a dimension");
       std::int64_t v = 0;
       while (pos_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[pos_]))) {
@@ -138,8 +147,10 @@ NpyArray load_npy(const std::string& path) {
   in.seekg(0);
 
   char pre[10];
-  if (file_size < 10 || !in.read(pre, 10)) io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
-  if (std::memcmp(pre, "\x93NUMPY", 6) != 0) io_fail(path, "bad magic, expected \\x93NUMPY (not an .npy file)");
+  if (file_size < 10 || !in.read(pre, 10))
+    io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
+  if (std::memcmp(pre, "\x93NUMPY", 6) != 0)
+    io_fail(path, "bad magic, expected \\x93NUMPY (not an .npy file)");
   const int major = static_cast<unsigned char>(pre[6]);
   std::int64_t header_len = 0, prefix = 0;
   if (major == 1) {
@@ -170,12 +181,13 @@ NpyArray load_npy(const std::string& path) {
   } else if (descr == "<f2" || descr == "=f2") {
     a.dtype = DType::f16;
   } else {
-    throw Unsupported(path, fmt::format("npy '{}': dtype '{}', expected float32 ('<f4') or float16 ('<f2')", path, descr));
+    throw Unsupported(
+        path, fmt::format("npy '{}': dtype '{}', expected float32 ('<f4') or float16 ('<f2')", path, descr));
   }
-  if (fortran)
-    throw Unsupported(path, fmt::format("npy '{}': fortran_order = True, expected C order", path));
+  if (fortran) throw Unsupported(path, fmt::format("npy '{}': fortran_order = True, expected C order", path));
   if (a.shape.empty() || a.shape.size() > std::size_t(Tensor::kMaxRank))
-    throw Unsupported(path, fmt::format("npy '{}': rank {}, expected 1 to {}", path, a.shape.size(), Tensor::kMaxRank));
+    throw Unsupported(
+        path, fmt::format("npy '{}': rank {}, expected 1 to {}", path, a.shape.size(), Tensor::kMaxRank));
   std::int64_t bytes = std::int64_t(size_of(a.dtype));
   for (auto d : a.shape)
     if (__builtin_mul_overflow(bytes, d, &bytes)) io_fail(path, "shape overflows");
@@ -183,7 +195,8 @@ NpyArray load_npy(const std::string& path) {
   if (available < bytes)
     io_fail(path, fmt::format("truncated: shape needs {} data bytes, the file has {}", bytes, available));
   if (available > bytes)
-    io_fail(path, fmt::format("{} bytes of trailing data after the array, expected exactly {}", available - bytes, bytes));
+    io_fail(path, fmt::format("{} bytes of trailing data after the array, expected exactly {}",
+                              available - bytes, bytes));
   a.bytes.resize(std::size_t(bytes));
   if (!in.read(reinterpret_cast<char*>(a.bytes.data()), bytes)) io_fail(path, "read error");
   return a;
@@ -208,7 +221,8 @@ void save_npy(const std::string& path, DType dtype, const std::vector<std::int64
   header.push_back('\n');
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   if (!out) io_fail(path, "cannot open file for writing");
-  const char pre[10] = {'\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, char(header.size() & 0xff), char(header.size() >> 8)};
+  const char pre[10] = {
+      '\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, char(header.size() & 0xff), char(header.size() >> 8)};
   out.write(pre, 10);
   out.write(header.data(), std::streamsize(header.size()));
   out.write(static_cast<const char*>(data), std::streamsize(n * std::int64_t(size_of(dtype))));

@@ -69,8 +69,7 @@ static inline KeyRange visible_keys(const AttentionParams& p, const SeqSpan& s, 
   return {lo, hi};
 }
 
-static inline bool key_visible(const AttentionParams& p, const SeqSpan& s, std::int64_t i,
-                               std::int64_t j) {
+static inline bool key_visible(const AttentionParams& p, const SeqSpan& s, std::int64_t i, std::int64_t j) {
   const std::int64_t off = s.len_k - s.len_q;
   return (p.window_left < 0 || j >= i + off - p.window_left) &&
          (p.window_right < 0 || j <= i + off + p.window_right);

@@ -16,8 +16,7 @@ using Loop = double (*)(std::int64_t);
 
 Loop peak_loop(Isa isa, PeakKind kind) {
   if (kind == PeakKind::bf16_dot) {
-    if (isa != Isa::avx512bf16)
-      throw Unsupported("isa", "the bf16 dot-product ceiling needs isa avx512bf16");
+    if (isa != Isa::avx512bf16) throw Unsupported("isa", "the bf16 dot-product ceiling needs isa avx512bf16");
     return &avx512bf16::peak_dot_loop;
   }
   switch (isa) {

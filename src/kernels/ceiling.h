@@ -9,10 +9,18 @@
 namespace mha::detail {
 
 // One thread's peak loop: `iters` iterations of independent multiply-adds; returns the flops done.
-namespace generic { double peak_fma_loop(std::int64_t iters); }
-namespace avx2 { double peak_fma_loop(std::int64_t iters); }
-namespace avx512 { double peak_fma_loop(std::int64_t iters); }
-namespace avx512bf16 { double peak_dot_loop(std::int64_t iters); }
+namespace generic {
+double peak_fma_loop(std::int64_t iters);
+}
+namespace avx2 {
+double peak_fma_loop(std::int64_t iters);
+}
+namespace avx512 {
+double peak_fma_loop(std::int64_t iters);
+}
+namespace avx512bf16 {
+double peak_dot_loop(std::int64_t iters);
+}
 
 enum class PeakKind { fp32_fma, bf16_dot };
 

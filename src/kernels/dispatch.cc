@@ -50,9 +50,8 @@ void run_flash_fwd(const AttentionParams& p, FlashFwdKernel kernel) {
       return item_cost(p, a) > item_cost(p, b);
     });
   }
-  global_pool().parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
-    kernel(p, items[std::size_t(i)], thread_scratch());
-  });
+  global_pool().parallel_for(std::int64_t(items.size()),
+                             [&](std::int64_t i) { kernel(p, items[std::size_t(i)], thread_scratch()); });
 }
 
 }  // namespace mha::detail

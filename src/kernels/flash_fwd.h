@@ -15,8 +15,8 @@ inline constexpr std::int64_t kFlashBlockK = 64;
 inline constexpr std::int64_t kFlashMaxDim = 256;
 
 // Floats of scratch a kernel needs per worker thread: Qᵀ, converted K and V tiles, the Sᵀ/Pᵀ tile,
-// a transposed mask tile, P in bf16 key pairs, the O tile, and per-row max, sum and rescale. Independent of sequence
-// lengths.
+// a transposed mask tile, P in bf16 key pairs, the O tile, and per-row max, sum and rescale. Independent of
+// sequence lengths.
 inline constexpr std::int64_t kFlashScratchFloats =
     kFlashMaxDim * kFlashBlockQ + 2 * kFlashBlockK * kFlashMaxDim + 2 * kFlashBlockK * kFlashBlockQ +
     kFlashBlockK * kFlashBlockQ / 2 + kFlashBlockQ * kFlashMaxDim + 3 * kFlashBlockQ;
@@ -31,10 +31,18 @@ struct FlashTile {
 // 64-byte aligned.
 using FlashFwdKernel = void (*)(const AttentionParams& p, const FlashTile& tile, float* scratch);
 
-namespace generic { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
-namespace avx2 { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
-namespace avx512 { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
-namespace avx512bf16 { void flash_fwd(const AttentionParams&, const FlashTile&, float*); }
+namespace generic {
+void flash_fwd(const AttentionParams&, const FlashTile&, float*);
+}
+namespace avx2 {
+void flash_fwd(const AttentionParams&, const FlashTile&, float*);
+}
+namespace avx512 {
+void flash_fwd(const AttentionParams&, const FlashTile&, float*);
+}
+namespace avx512bf16 {
+void flash_fwd(const AttentionParams&, const FlashTile&, float*);
+}
 
 // The one dispatch point: the kernel for an ISA (falls back to the nearest one built).
 FlashFwdKernel flash_fwd_kernel(Isa isa);

@@ -22,8 +22,8 @@ inline std::uint32_t load_pair(const std::uint16_t* p) {
 
 // Sᵀ block: KB keys × NV query vectors, over Dp = ceil(D / 2) pairs.
 template <int NV>
-inline void qk_block_bf16(const std::uint32_t* __restrict Qp, std::int64_t Dp, const std::uint16_t* const* krows,
-                          float* __restrict S, std::int64_t iv0) {
+inline void qk_block_bf16(const std::uint32_t* __restrict Qp, std::int64_t Dp,
+                          const std::uint16_t* const* krows, float* __restrict S, std::int64_t iv0) {
   __m512 acc[KB][NV];
 #pragma GCC unroll 8
   for (int k = 0; k < KB; ++k)
@@ -49,15 +49,16 @@ inline void qk_block_bf16(const std::uint32_t* __restrict Qp, std::int64_t Dp, c
 
 // O rows r0..r0+NR, vectors c0..c0+NC: alpha·O + Σ over key pairs.
 template <int NR, int NC>
-inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_t* __restrict Vp, std::int64_t ldv,
-                          std::int64_t pairs, float* __restrict O, std::int64_t ldo, const float* alpha,
-                          std::int64_t r0, std::int64_t c0) {
+inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_t* __restrict Vp,
+                          std::int64_t ldv, std::int64_t pairs, float* __restrict O, std::int64_t ldo,
+                          const float* alpha, std::int64_t r0, std::int64_t c0) {
   __m512 acc[NR][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
     const __m512 a = _mm512_set1_ps(alpha[r0 + r]);
 #pragma GCC unroll 8
-    for (int c = 0; c < NC; ++c) acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(O + (r0 + r) * ldo + (c0 + c) * N), a);
+    for (int c = 0; c < NC; ++c)
+      acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(O + (r0 + r) * ldo + (c0 + c) * N), a);
   }
   for (std::int64_t jp = 0; jp < pairs; ++jp) {
     __m512i vv[NC];
@@ -77,8 +78,9 @@ inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_
 }
 
 template <int NR>
-inline void pv_rows_bf16(const std::uint32_t* Pp, const std::uint32_t* Vp, std::int64_t ldv, std::int64_t pairs,
-                         float* O, std::int64_t ldo, const float* alpha, std::int64_t r0, std::int64_t nvec) {
+inline void pv_rows_bf16(const std::uint32_t* Pp, const std::uint32_t* Vp, std::int64_t ldv,
+                         std::int64_t pairs, float* O, std::int64_t ldo, const float* alpha, std::int64_t r0,
+                         std::int64_t nvec) {
   std::int64_t c0 = 0;
   for (; c0 + DB <= nvec; c0 += DB) pv_block_bf16<NR, DB>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0);
   switch (nvec - c0) {
@@ -106,7 +108,8 @@ struct Bf16Dot {
       } else {
         std::memset(row, 0, sizeof row);
       }
-      for (std::int64_t dp = 0; dp < Dp; ++dp) Qp[dp * BQ + r] = std::uint32_t(row[2 * dp]) | std::uint32_t(row[2 * dp + 1]) << 16;
+      for (std::int64_t dp = 0; dp < Dp; ++dp)
+        Qp[dp * BQ + r] = std::uint32_t(row[2 * dp]) | std::uint32_t(row[2 * dp + 1]) << 16;
     }
   }
 
@@ -118,7 +121,8 @@ struct Bf16Dot {
     auto* Kc = reinterpret_cast<std::uint16_t*>(it.Kc);  // [BK][2·Dp], zero padded
     if (!direct) {
       for (std::int64_t j = 0; j < cols; ++j) {
-        for (std::int64_t d = 0; d < it.D; ++d) Kc[j * 2 * Dp + d] = ktile[j * p.k_stride[1] + d * p.k_stride[3]];
+        for (std::int64_t d = 0; d < it.D; ++d)
+          Kc[j * 2 * Dp + d] = ktile[j * p.k_stride[1] + d * p.k_stride[3]];
         if (it.D % 2 != 0) Kc[j * 2 * Dp + it.D] = 0;
       }
     }
@@ -149,14 +153,18 @@ struct Bf16Dot {
       std::int64_t c = 0;
       if (vec_rows) {
         for (; c + N <= it.Dv; c += N) {
-          const __m512i lo = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c)));
+          const __m512i lo =
+              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c)));
           const __m512i hi = b == nullptr ? _mm512_setzero_si512()
-              : _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + c))), 16);
+                                          : _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                                                  reinterpret_cast<const __m256i*>(b + c))),
+                                                              16);
           _mm512_storeu_si512(dst + c, _mm512_or_si512(lo, hi));
         }
       }
       for (; c < it.Dv; ++c)
-        dst[c] = std::uint32_t(a[c * p.v_stride[3]]) | (b == nullptr ? 0u : std::uint32_t(b[c * p.v_stride[3]]) << 16);
+        dst[c] = std::uint32_t(a[c * p.v_stride[3]]) |
+                 (b == nullptr ? 0u : std::uint32_t(b[c * p.v_stride[3]]) << 16);
       for (; c < it.DvP; ++c) dst[c] = 0;
     }
     // P (f32, [key][row]) -> (p[j][i], p[j+1][i]) bf16 dwords, [pairs][BQ].
@@ -165,13 +173,15 @@ struct Bf16Dot {
       const float* a = it.S + 2 * jp * BQ;
       for (std::int64_t v = 0; v < it.qv_rows; ++v) {
         const __m512i lo = bf16_low(_mm512_loadu_ps(a + v * N));
-        const __m512i hi = 2 * jp + 1 < cols ? _mm512_slli_epi32(bf16_low(_mm512_loadu_ps(a + BQ + v * N)), 16)
-                                             : _mm512_setzero_si512();
+        const __m512i hi = 2 * jp + 1 < cols
+                               ? _mm512_slli_epi32(bf16_low(_mm512_loadu_ps(a + BQ + v * N)), 16)
+                               : _mm512_setzero_si512();
         _mm512_storeu_si512(Pp + jp * BQ + v * N, _mm512_or_si512(lo, hi));
       }
     }
     std::int64_t r0 = 0;
-    for (; r0 + RB <= it.rows; r0 += RB) pv_rows_bf16<RB>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
+    for (; r0 + RB <= it.rows; r0 += RB)
+      pv_rows_bf16<RB>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
     for (; r0 < it.rows; ++r0) pv_rows_bf16<1>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
   }
 };

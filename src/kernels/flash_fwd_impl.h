@@ -49,7 +49,9 @@ static_assert(BQ % N == 0 && QV % IV == 0 && BK % KB == 0);
 constexpr float kNegInf = -__builtin_inff();
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
-inline std::int64_t clamp(std::int64_t x, std::int64_t lo, std::int64_t hi) { return x < lo ? lo : x > hi ? hi : x; }
+inline std::int64_t clamp(std::int64_t x, std::int64_t lo, std::int64_t hi) {
+  return x < lo ? lo : x > hi ? hi : x;
+}
 
 // dst[0..n) = elements 0, stride, 2·stride, ... of src (dtype dt), as f32.
 inline void to_f32(const void* src, DType dt, std::int64_t stride, std::int64_t n, float* __restrict dst) {
@@ -165,25 +167,29 @@ struct Item {
     qv_rows = (rows + N - 1) / N;
     off = s.len_k - s.len_q;
     const std::int64_t kvh = t.h / (p.hq / p.hkv);
-    Qt = scratch;                  // [D][BQ] (bf16 dot: [D/2][BQ] pairs)
-    Kc = Qt + kFlashMaxDim * BQ;   // [BK][D] keys, when not read in place
-    Vc = Kc + BK * kFlashMaxDim;   // [BK][DvP] values, when not read in place (bf16 dot: key pairs)
-    S = Vc + BK * kFlashMaxDim;    // [BK][BQ] Sᵀ, then Pᵀ
-    Mt = S + BK * BQ;              // [BK][BQ] mask tile, transposed
-    Pp = Mt + BK * BQ;             // [BK/2][BQ] bf16 dot: P in key pairs
-    O = Pp + BK * BQ / 2;          // [BQ][DvP]
-    m = O + BQ * kFlashMaxDim;     // running max per row
-    l = m + BQ;                    // running sum per row
-    alpha = l + BQ;                // this tile's rescale per row
+    Qt = scratch;                 // [D][BQ] (bf16 dot: [D/2][BQ] pairs)
+    Kc = Qt + kFlashMaxDim * BQ;  // [BK][D] keys, when not read in place
+    Vc = Kc + BK * kFlashMaxDim;  // [BK][DvP] values, when not read in place (bf16 dot: key pairs)
+    S = Vc + BK * kFlashMaxDim;   // [BK][BQ] Sᵀ, then Pᵀ
+    Mt = S + BK * BQ;             // [BK][BQ] mask tile, transposed
+    Pp = Mt + BK * BQ;            // [BK/2][BQ] bf16 dot: P in key pairs
+    O = Pp + BK * BQ / 2;         // [BQ][DvP]
+    m = O + BQ * kFlashMaxDim;    // running max per row
+    l = m + BQ;                   // running sum per row
+    alpha = l + BQ;               // this tile's rescale per row
     qbase = static_cast<const char*>(p.q) +
-        esz * std::size_t(s.batch_index * p.q_stride[0] + (s.q_offset + t.q_begin) * p.q_stride[1] + t.h * p.q_stride[2]);
-    kbase = static_cast<const char*>(p.k) +
+            esz * std::size_t(s.batch_index * p.q_stride[0] + (s.q_offset + t.q_begin) * p.q_stride[1] +
+                              t.h * p.q_stride[2]);
+    kbase =
+        static_cast<const char*>(p.k) +
         esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + kvh * p.k_stride[2]);
-    vbase = static_cast<const char*>(p.v) +
+    vbase =
+        static_cast<const char*>(p.v) +
         esz * std::size_t(s.batch_index * p.v_stride[0] + s.k_offset * p.v_stride[1] + kvh * p.v_stride[2]);
     msz = elem_size(p.mask_dtype);
     mbase = p.mask == nullptr ? nullptr
-        : static_cast<const char*>(p.mask) + msz * std::size_t(t.b * p.mask_stride[0] + t.h * p.mask_stride[1]);
+                              : static_cast<const char*>(p.mask) +
+                                    msz * std::size_t(t.b * p.mask_stride[0] + t.h * p.mask_stride[1]);
     mask_per_row = mbase != nullptr && p.mask_stride[2] != 0;
   }
   const char* key_tile(std::int64_t kb) const { return kbase + esz * std::size_t(kb * p.k_stride[1]); }
@@ -205,7 +211,8 @@ struct Fp32Dot {
     float row[kFlashMaxDim];
     for (std::int64_t r = 0; r < BQ; ++r) {
       if (r < it.rows) {
-        to_f32(it.qbase + it.esz * std::size_t(r * it.p.q_stride[1]), it.p.in_dtype, it.p.q_stride[3], it.D, row);
+        to_f32(it.qbase + it.esz * std::size_t(r * it.p.q_stride[1]), it.p.in_dtype, it.p.q_stride[3], it.D,
+               row);
       } else {
         std::memset(row, 0, std::size_t(it.D) * sizeof(float));
       }
@@ -220,7 +227,8 @@ struct Fp32Dot {
     const bool direct = p.in_dtype == DType::f32 && p.k_stride[3] == 1;
     if (!direct)
       for (std::int64_t j = 0; j < cols; ++j)
-        to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D, it.Kc + j * it.D);
+        to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D,
+               it.Kc + j * it.D);
     for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
       const float* kr[KB];
       for (int k = 0; k < KB; ++k) {
@@ -238,11 +246,13 @@ struct Fp32Dot {
     const AttentionParams& p = it.p;
     const char* vtile = it.value_tile(kb);
     if (p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0) {
-      pv_tile(it.S, reinterpret_cast<const float*>(vtile), p.v_stride[1], cols, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
+      pv_tile(it.S, reinterpret_cast<const float*>(vtile), p.v_stride[1], cols, it.O, it.DvP, it.alpha,
+              it.rows, it.DvP / N);
       return;
     }
     for (std::int64_t j = 0; j < cols; ++j) {
-      to_f32(vtile + it.esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], it.Dv, it.Vc + j * it.DvP);
+      to_f32(vtile + it.esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], it.Dv,
+             it.Vc + j * it.DvP);
       std::memset(it.Vc + j * it.DvP + it.Dv, 0, std::size_t(it.DvP - it.Dv) * sizeof(float));
     }
     pv_tile(it.S, it.Vc, it.DvP, cols, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
@@ -262,7 +272,8 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   if (it.mask_per_row) {
     for (std::int64_t j = 0; j < cols; ++j) {
       float* mt = it.Mt + j * BQ;
-      const char* mcol = it.mbase + it.msz * std::size_t((kb + j) * p.mask_stride[3] + it.t.q_begin * p.mask_stride[2]);
+      const char* mcol =
+          it.mbase + it.msz * std::size_t((kb + j) * p.mask_stride[3] + it.t.q_begin * p.mask_stride[2]);
       for (std::int64_t r = 0; r < it.rows; ++r) mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
       for (std::int64_t r = it.rows; r < it.qv_rows * N; ++r) mt[r] = 0.0f;
     }
@@ -284,7 +295,8 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
       if (!all_visible) {  // rows that see key kb + j: [key - off - right, key - off + left]
         const std::int64_t key = kb + j;
         const std::int64_t lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
-        const std::int64_t hi = p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
+        const std::int64_t hi =
+            p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
         x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
       }
       Vec::store(sp, x);
@@ -311,8 +323,10 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
 void store_rows(const Item& it) {
   const AttentionParams& p = it.p;
   const std::size_t osz = elem_size(p.out_dtype);
-  auto* obase = static_cast<char*>(p.out) +
-      osz * std::size_t(it.s.batch_index * p.out_stride[0] + (it.s.q_offset + it.t.q_begin) * p.out_stride[1] + it.t.h * p.out_stride[2]);
+  auto* obase =
+      static_cast<char*>(p.out) +
+      osz * std::size_t(it.s.batch_index * p.out_stride[0] +
+                        (it.s.q_offset + it.t.q_begin) * p.out_stride[1] + it.t.h * p.out_stride[2]);
   for (std::int64_t r = 0; r < it.rows; ++r) {
     const float inv = it.l[r] > 0.0f ? 1.0f / it.l[r] : 0.0f;
     char* orow = obase + osz * std::size_t(r * p.out_stride[1]);
@@ -323,10 +337,12 @@ void store_rows(const Item& it) {
       for (; d + N <= it.Dv; d += N) Vec::store(dst + d, Vec::mul(Vec::load(src + d), Vec::set1(inv)));
       for (; d < it.Dv; ++d) dst[d] = src[d] * inv;
     } else {
-      for (std::int64_t d = 0; d < it.Dv; ++d) store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
+      for (std::int64_t d = 0; d < it.Dv; ++d)
+        store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
     }
     if (p.lse != nullptr)
-      p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] + (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
+      p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] +
+            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
           it.l[r] > 0.0f ? it.m[r] + __builtin_logf(it.l[r]) : kNegInf;
   }
 }

@@ -46,7 +46,9 @@ struct Vec {
     const __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
     return _mm512_castsi512_ps(e);
   }
-  static T load_f16(const std::uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static T load_f16(const std::uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  }
   static T load_bf16(const std::uint16_t* p) {
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
@@ -71,20 +73,24 @@ struct Vec {
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
   static T keep_lanes(T x, int lo, int hi, T fill) {
     const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    const __m256i in = _mm256_andnot_si256(
-        _mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane), _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(hi))),
-        _mm256_set1_epi32(-1));
+    const __m256i in = _mm256_andnot_si256(_mm256_or_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(lo), lane),
+                                                           _mm256_cmpgt_epi32(lane, _mm256_set1_epi32(hi))),
+                                           _mm256_set1_epi32(-1));
     return _mm256_blendv_ps(fill, x, _mm256_castsi256_ps(in));
   }
   static T zero_if_neg_inf(T a) {
     return _mm256_blendv_ps(a, zero(), _mm256_cmp_ps(a, set1(-__builtin_inff()), _CMP_EQ_OQ));
   }
-  static T zero_if_less(T x, T limit, T y) { return _mm256_blendv_ps(y, zero(), _mm256_cmp_ps(x, limit, _CMP_LT_OQ)); }
+  static T zero_if_less(T x, T limit, T y) {
+    return _mm256_blendv_ps(y, zero(), _mm256_cmp_ps(x, limit, _CMP_LT_OQ));
+  }
   static T two_pow(T n) {
     const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_castsi256_ps(e);
   }
-  static T load_f16(const std::uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static T load_f16(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  }
   static T load_bf16(const std::uint16_t* p) {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
@@ -107,10 +113,13 @@ struct Vec {
   static T add(T a, T b) { return _mm_add_ps(a, b); }
   static T sub(T a, T b) { return _mm_sub_ps(a, b); }
   static T max(T a, T b) { return _mm_max_ps(a, b); }
-  static T select(__m128 mask, T yes, T no) { return _mm_or_ps(_mm_and_ps(mask, yes), _mm_andnot_ps(mask, no)); }
+  static T select(__m128 mask, T yes, T no) {
+    return _mm_or_ps(_mm_and_ps(mask, yes), _mm_andnot_ps(mask, no));
+  }
   static T keep_lanes(T x, int lo, int hi, T fill) {
     const __m128i lane = _mm_setr_epi32(0, 1, 2, 3);
-    const __m128i out = _mm_or_si128(_mm_cmpgt_epi32(_mm_set1_epi32(lo), lane), _mm_cmpgt_epi32(lane, _mm_set1_epi32(hi)));
+    const __m128i out =
+        _mm_or_si128(_mm_cmpgt_epi32(_mm_set1_epi32(lo), lane), _mm_cmpgt_epi32(lane, _mm_set1_epi32(hi)));
     return select(_mm_castsi128_ps(out), fill, x);
   }
   static T zero_if_neg_inf(T a) { return select(_mm_cmpeq_ps(a, set1(-__builtin_inff())), zero(), a); }

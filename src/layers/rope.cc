@@ -25,7 +25,8 @@ RopeTable::RopeTable(std::int64_t rotary_dim, std::int64_t max_positions, double
     bad("rotary_dim", fmt::format("rotary_dim = {}, expected an even number from 2 to 256", rotary_dim));
   if (max_positions < 1 || max_positions > (std::int64_t(1) << 24))
     bad("max_positions", fmt::format("max_positions = {}, expected 1 to 2^24", max_positions));
-  if (!(theta > 0) || !std::isfinite(theta)) bad("theta", fmt::format("theta = {}, expected a finite number > 0", theta));
+  if (!(theta > 0) || !std::isfinite(theta))
+    bad("theta", fmt::format("theta = {}, expected a finite number > 0", theta));
   const std::int64_t half = rotary_dim / 2;
   cos_.resize(std::size_t(max_positions * half));
   sin_.resize(cos_.size());
@@ -43,14 +44,17 @@ void RopeTable::apply(const Tensor& x, RopeStyle style, std::span<const std::int
   detail::check_view("RopeTable::apply", "x", x, 4, 4);
   detail::check_no_self_overlap("RopeTable::apply", "x", x);  // rotated in place: each element once
   const std::int64_t B = x.shape[0], S = x.shape[1], H = x.shape[2], D = x.shape[3];
-  if (D < rotary_dim_) bad("x", fmt::format("x.shape[3] (head dim) = {}, expected >= rotary_dim = {}", D, rotary_dim_));
+  if (D < rotary_dim_)
+    bad("x", fmt::format("x.shape[3] (head dim) = {}, expected >= rotary_dim = {}", D, rotary_dim_));
   if (!offsets.empty() && std::int64_t(offsets.size()) != B)
-    bad("offsets", fmt::format("{} offsets for batch {}, expected one per batch entry (or none)", offsets.size(), B));
+    bad("offsets",
+        fmt::format("{} offsets for batch {}, expected one per batch entry (or none)", offsets.size(), B));
   for (std::int64_t b = 0; b < B && S > 0; ++b) {
     const std::int64_t first = offsets.empty() ? 0 : offsets[std::size_t(b)];
     if (first < 0 || first + S > max_positions_)
-      bad("offsets", fmt::format("positions {}..{} of batch entry {}, expected within [0, {}) (max_positions)", first,
-                                 first + S - 1, b, max_positions_));
+      bad("offsets",
+          fmt::format("positions {}..{} of batch entry {}, expected within [0, {}) (max_positions)", first,
+                      first + S - 1, b, max_positions_));
   }
   // Each (b, s, h) row is rotated on its own: no overlap between rows is needed, and the result
   // does not depend on the thread count.

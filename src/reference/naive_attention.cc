@@ -23,9 +23,11 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 void scores(const AttentionParams& p, const SeqSpan& s, std::int64_t h, std::vector<float>& S) {
   const std::int64_t kvh = h / (p.hq / p.hkv);
   for (std::int64_t i = 0; i < s.len_q; ++i) {
-    const std::int64_t qoff = s.batch_index * p.q_stride[0] + (s.q_offset + i) * p.q_stride[1] + h * p.q_stride[2];
+    const std::int64_t qoff =
+        s.batch_index * p.q_stride[0] + (s.q_offset + i) * p.q_stride[1] + h * p.q_stride[2];
     for (std::int64_t j = 0; j < s.len_k; ++j) {
-      const std::int64_t koff = s.batch_index * p.k_stride[0] + (s.k_offset + j) * p.k_stride[1] + kvh * p.k_stride[2];
+      const std::int64_t koff =
+          s.batch_index * p.k_stride[0] + (s.k_offset + j) * p.k_stride[1] + kvh * p.k_stride[2];
       float dot = 0;
       for (std::int64_t d = 0; d < p.d; ++d)
         dot += load_f32(p.q, p.in_dtype, qoff + d * p.q_stride[3]) *
@@ -74,15 +76,16 @@ void softmax(const AttentionParams& p, const SeqSpan& s, std::vector<float>& S, 
 }
 
 // Step 6: out = P·v, f32 accumulation, stored in out's dtype.
-void weighted_sum(const AttentionParams& p, const SeqSpan& s, std::int64_t h,
-                  const std::vector<float>& P) {
+void weighted_sum(const AttentionParams& p, const SeqSpan& s, std::int64_t h, const std::vector<float>& P) {
   const std::int64_t kvh = h / (p.hq / p.hkv);
   for (std::int64_t i = 0; i < s.len_q; ++i) {
-    const std::int64_t ooff = s.batch_index * p.out_stride[0] + (s.q_offset + i) * p.out_stride[1] + h * p.out_stride[2];
+    const std::int64_t ooff =
+        s.batch_index * p.out_stride[0] + (s.q_offset + i) * p.out_stride[1] + h * p.out_stride[2];
     for (std::int64_t d = 0; d < p.dv; ++d) {
       float acc = 0;
       for (std::int64_t j = 0; j < s.len_k; ++j) {
-        const std::int64_t voff = s.batch_index * p.v_stride[0] + (s.k_offset + j) * p.v_stride[1] + kvh * p.v_stride[2];
+        const std::int64_t voff =
+            s.batch_index * p.v_stride[0] + (s.k_offset + j) * p.v_stride[1] + kvh * p.v_stride[2];
         acc += P[std::size_t(i * s.len_k + j)] * load_f32(p.v, p.in_dtype, voff + d * p.v_stride[3]);
       }
       detail::store_f32(p.out, p.out_dtype, ooff + d * p.out_stride[3], acc);

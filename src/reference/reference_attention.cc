@@ -12,8 +12,7 @@ namespace mha::reference {
 
 using detail::load_f32;
 
-Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v,
-                     const AttentionOptions& options) {
+Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionOptions& options) {
   const detail::AttentionParams p =
       detail::validate_attention("reference::attention_f64", q, k, v, nullptr, options, nullptr);
   const std::int64_t rows_total = q.shape[1];  // packed rows per batch entry
@@ -37,16 +36,17 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v,
           scores[std::size_t(j)] = -std::numeric_limits<double>::infinity();
           continue;
         }
-        const std::int64_t koff = s.batch_index * p.k_stride[0] + (s.k_offset + j) * p.k_stride[1] + kvh * p.k_stride[2];
+        const std::int64_t koff =
+            s.batch_index * p.k_stride[0] + (s.k_offset + j) * p.k_stride[1] + kvh * p.k_stride[2];
         double dot = 0;
         for (std::int64_t d = 0; d < p.d; ++d)
           dot += double(load_f32(p.q, p.in_dtype, qoff + d * p.q_stride[3])) *
                  double(load_f32(p.k, p.in_dtype, koff + d * p.k_stride[3]));
         double sc = dot * scale;
         if (p.mask != nullptr)
-          sc += double(load_f32(p.mask, p.mask_dtype,
-                                b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] +
-                                    j * p.mask_stride[3]));
+          sc += double(load_f32(
+              p.mask, p.mask_dtype,
+              b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3]));
         scores[std::size_t(j)] = sc;
         if (sc > mx) mx = sc;
       }
@@ -62,7 +62,8 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v,
       for (std::int64_t j = 0; j < s.len_k; ++j) {
         const double w = scores[std::size_t(j)] / sum;
         if (w == 0) continue;
-        const std::int64_t voff = s.batch_index * p.v_stride[0] + (s.k_offset + j) * p.v_stride[1] + kvh * p.v_stride[2];
+        const std::int64_t voff =
+            s.batch_index * p.v_stride[0] + (s.k_offset + j) * p.v_stride[1] + kvh * p.v_stride[2];
         for (std::int64_t d = 0; d < p.dv; ++d)
           r.out[orow + std::size_t(d)] += w * double(load_f32(p.v, p.in_dtype, voff + d * p.v_stride[3]));
       }

@@ -19,11 +19,9 @@ bool cpu_has(Isa isa) {
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
     case Isa::avx512:
-      return cpu_has(Isa::avx2) && __builtin_cpu_supports("avx512f") &&
-             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-             __builtin_cpu_supports("avx512dq");
-    case Isa::avx512bf16:
-      return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
+      return cpu_has(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+    case Isa::avx512bf16: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
   }
   return false;
 }
@@ -51,8 +49,8 @@ void check_runnable(Isa isa, const std::string& argument) {
                                     "generic, avx2, avx512, avx512bf16");
   }
   if (!cpu_has(isa)) {
-    throw Unsupported(argument, argument + " = " + std::string(to_string(isa)) +
-                                    ": this CPU does not support it");
+    throw Unsupported(argument,
+                      argument + " = " + std::string(to_string(isa)) + ": this CPU does not support it");
   }
 }
 
@@ -73,8 +71,8 @@ std::string_view to_string(Isa isa) {
 Isa parse_isa(std::string_view name) {
   for (Isa isa : {Isa::generic, Isa::avx2, Isa::avx512, Isa::avx512bf16})
     if (name == to_string(isa)) return isa;
-  throw InvalidArgument("isa", "isa = '" + std::string(name) +
-                                   "', expected generic, avx2, avx512 or avx512bf16");
+  throw InvalidArgument("isa",
+                        "isa = '" + std::string(name) + "', expected generic, avx2, avx512 or avx512bf16");
 }
 
 bool cpu_supports(Isa isa) { return cpu_has(isa); }

@@ -113,8 +113,8 @@ namespace mha {
 
 void set_num_threads(int n) {
   if (n < 1 || n > 1024) {
-    throw InvalidArgument("threads", "set_num_threads: threads = " + std::to_string(n) +
-                                         ", expected 1 to 1024");
+    throw InvalidArgument("threads",
+                          "set_num_threads: threads = " + std::to_string(n) + ", expected 1 to 1024");
   }
   std::lock_guard lock(detail::g_pool_mutex);
   if (n == detail::g_threads && detail::g_pool) return;

@@ -4,7 +4,8 @@
 #include <vector>
 
 int main() {
-  std::vector<float> q(1 * 3 * 2 * 4, 0.25f), k(1 * 5 * 1 * 4, 0.5f), v(1 * 5 * 1 * 4, 2.0f), o(1 * 3 * 2 * 4);
+  std::vector<float> q(1 * 3 * 2 * 4, 0.25f), k(1 * 5 * 1 * 4, 0.5f), v(1 * 5 * 1 * 4, 2.0f),
+      o(1 * 3 * 2 * 4);
   mha::attention(mha::Tensor::bshd(q.data(), mha::DType::f32, 1, 3, 2, 4),
                  mha::Tensor::bshd(k.data(), mha::DType::f32, 1, 5, 1, 4),
                  mha::Tensor::bshd(v.data(), mha::DType::f32, 1, 5, 1, 4),

@@ -83,8 +83,8 @@ void run(const AttendArgs& args) {
 
   attention(tq, tk, tv, out, opt, args.lse.empty() ? nullptr : &tlse);
 
-  std::vector<std::int64_t> out_shape = bhsd ? std::vector<std::int64_t>{B, Hq, Nq, Dv}
-                                             : std::vector<std::int64_t>{B, Nq, Hq, Dv};
+  std::vector<std::int64_t> out_shape =
+      bhsd ? std::vector<std::int64_t>{B, Hq, Nq, Dv} : std::vector<std::int64_t>{B, Nq, Hq, Dv};
   if (varlen && q.shape.size() == 3) out_shape.erase(out_shape.begin());
   save_npy(args.out, out_dt, out_shape, out_bytes.data());
   if (!args.lse.empty()) save_npy(args.lse, DType::f32, {B, Hq, Nq}, lse.data());
@@ -95,20 +95,29 @@ void run(const AttendArgs& args) {
 void add_attend(CLI::App& app) {
   auto args = std::make_shared<AttendArgs>();
   CLI::App* cmd = app.add_subcommand("attend", "out = softmax(scale·q·kᵀ + mask)·v over .npy files");
-  cmd->add_option("--q", args->q, "Queries .npy, float32/float16, [B, Nq, Hq, D] (bhsd: [B, Hq, Nq, D])")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--q", args->q, "Queries .npy, float32/float16, [B, Nq, Hq, D] (bhsd: [B, Hq, Nq, D])")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--k", args->k, "Keys .npy, [B, Nk, Hkv, D]")->required()->check(CLI::ExistingFile);
   cmd->add_option("--v", args->v, "Values .npy, [B, Nk, Hkv, Dv]")->required()->check(CLI::ExistingFile);
   cmd->add_option("--out", args->out, "Output .npy (float32; float16 when computing in f16)")->required();
-  cmd->add_option("--mask", args->mask, "Additive mask .npy, broadcastable to [B, Hq, Nq, Nk]")->check(CLI::ExistingFile);
+  cmd->add_option("--mask", args->mask, "Additive mask .npy, broadcastable to [B, Hq, Nq, Nk]")
+      ->check(CLI::ExistingFile);
   cmd->add_flag("--causal", args->causal, "Causal mask, aligned bottom-right");
   cmd->add_option("--window", args->window, "Sliding window LEFT RIGHT (-1: unbounded)")->expected(2);
   cmd->add_option("--scale", args->scale, "Softmax scale (default 1/sqrt(D))");
-  cmd->add_option("--dtype", args->dtype, "Compute dtype: f32, f16 or bf16 (inputs rounded to it; default: the files' dtype)")
+  cmd->add_option("--dtype", args->dtype,
+                  "Compute dtype: f32, f16 or bf16 (inputs rounded to it; default: the files' dtype)")
       ->check(CLI::IsMember({"f32", "f16", "bf16"}));
   cmd->add_option("--lse", args->lse, "Also write the row log-sum-exp .npy, float32 [B, Hq, Nq]");
-  cmd->add_option("--layout", args->layout, "Layout of q/k/v/out files: bshd or bhsd")->check(CLI::IsMember({"bshd", "bhsd"}));
-  cmd->add_option("--cu-seqlens-q", args->cu_q, "Varlen: cumulative query lengths (B+1 values, comma-separated)")->delimiter(',');
-  cmd->add_option("--cu-seqlens-k", args->cu_k, "Varlen: cumulative key lengths (B+1 values, comma-separated)")->delimiter(',');
+  cmd->add_option("--layout", args->layout, "Layout of q/k/v/out files: bshd or bhsd")
+      ->check(CLI::IsMember({"bshd", "bhsd"}));
+  cmd->add_option("--cu-seqlens-q", args->cu_q,
+                  "Varlen: cumulative query lengths (B+1 values, comma-separated)")
+      ->delimiter(',');
+  cmd->add_option("--cu-seqlens-k", args->cu_k,
+                  "Varlen: cumulative key lengths (B+1 values, comma-separated)")
+      ->delimiter(',');
   cmd->callback([args] { run(*args); });
 }
 

@@ -35,7 +35,15 @@ struct BenchArgs {
 };
 
 Case make_case(const std::vector<std::int64_t>& v, bool causal, DType dt, MaskKind mask) {
-  return {.b = v[0], .nq = v[3], .nk = v[4], .hq = v[1], .hkv = v[2], .d = v[5], .dtype = dt, .causal = causal, .mask = mask};
+  return {.b = v[0],
+          .nq = v[3],
+          .nk = v[4],
+          .hq = v[1],
+          .hkv = v[2],
+          .d = v[5],
+          .dtype = dt,
+          .causal = causal,
+          .mask = mask};
 }
 
 std::vector<std::int64_t> parse_shape(const std::string& text) {
@@ -48,11 +56,14 @@ std::vector<std::int64_t> parse_shape(const std::string& text) {
       v.push_back(std::stoll(item, &used));
       if (used != item.size()) throw std::invalid_argument(item);
     } catch (const std::exception&) {
-      throw InvalidArgument("--shape", fmt::format("--shape '{}': '{}' is not an integer, expected B,Hq,Hkv,Nq,Nk,D", text, item));
+      throw InvalidArgument(
+          "--shape",
+          fmt::format("--shape '{}': '{}' is not an integer, expected B,Hq,Hkv,Nq,Nk,D", text, item));
     }
   }
   if (v.size() != 6)
-    throw InvalidArgument("--shape", fmt::format("--shape '{}' has {} values, expected 6: B,Hq,Hkv,Nq,Nk,D", text, v.size()));
+    throw InvalidArgument(
+        "--shape", fmt::format("--shape '{}' has {} values, expected 6: B,Hq,Hkv,Nq,Nk,D", text, v.size()));
   return v;
 }
 
@@ -62,11 +73,15 @@ std::vector<BenchShape> default_shapes() {
     const std::string suffix = dt == DType::bf16 ? "_bf16" : "";
     for (bool causal : {false, true}) {
       const std::string c = causal ? "_causal" : "";
-      s.push_back({"attn_2k" + c + suffix, make_case({1, 12, 12, 2048, 2048, 128}, causal, dt, MaskKind::none)});
-      if (dt == DType::f32) s.push_back({"attn_4k" + c, make_case({1, 12, 12, 4096, 4096, 128}, causal, dt, MaskKind::none)});
+      s.push_back(
+          {"attn_2k" + c + suffix, make_case({1, 12, 12, 2048, 2048, 128}, causal, dt, MaskKind::none)});
+      if (dt == DType::f32)
+        s.push_back({"attn_4k" + c, make_case({1, 12, 12, 4096, 4096, 128}, causal, dt, MaskKind::none)});
     }
-    s.push_back({"bert_padmask" + suffix, make_case({8, 16, 16, 384, 384, 64}, false, dt, MaskKind::padding), dt == DType::f32});
-    if (dt == DType::f32) s.push_back({"gqa_2k", make_case({1, 32, 8, 2048, 2048, 128}, false, dt, MaskKind::none)});
+    s.push_back({"bert_padmask" + suffix, make_case({8, 16, 16, 384, 384, 64}, false, dt, MaskKind::padding),
+                 dt == DType::f32});
+    if (dt == DType::f32)
+      s.push_back({"gqa_2k", make_case({1, 32, 8, 2048, 2048, 128}, false, dt, MaskKind::none)});
   }
   return s;
 }
@@ -81,8 +96,10 @@ void run(const BenchArgs& args) {
   std::vector<BenchShape> shapes;
   const DType dt = parse_dtype(args.dtype, "--dtype");
   const MaskKind mask = args.mask == "padding" ? MaskKind::padding : MaskKind::none;
-  for (const auto& text : args.shapes) shapes.push_back({"shape_" + text, make_case(parse_shape(text), args.causal, dt, mask), args.naive});
-  if (args.long_context) shapes.push_back({"long_64k_causal", make_case({1, 8, 8, 65536, 65536, 128}, true, dt, mask)});
+  for (const auto& text : args.shapes)
+    shapes.push_back({"shape_" + text, make_case(parse_shape(text), args.causal, dt, mask), args.naive});
+  if (args.long_context)
+    shapes.push_back({"long_64k_causal", make_case({1, 8, 8, 65536, 65536, 128}, true, dt, mask)});
   if (shapes.empty()) shapes = default_shapes();
   run_bench(shapes, args.min_time, args.json);
 }
@@ -98,7 +115,8 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
   auto measure_ceilings = [&] {
     fp32_ceiling = std::max(fp32_ceiling, detail::measure_ceiling_gflops(isa, detail::PeakKind::fp32_fma));
     if (has_bf16_dot)
-      bf16_ceiling = std::max(bf16_ceiling, detail::measure_ceiling_gflops(Isa::avx512bf16, detail::PeakKind::bf16_dot));
+      bf16_ceiling =
+          std::max(bf16_ceiling, detail::measure_ceiling_gflops(Isa::avx512bf16, detail::PeakKind::bf16_dot));
   };
   measure_ceilings();
 
@@ -115,21 +133,28 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
     m.flops = attention_flops(data.tq, data.tk, data.tv, data.options);
     m.ms = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); }, min_time);
     if (s.with_naive)
-      m.naive_ms = time_ms([&] { reference::attention_naive(data.tq, data.tk, data.tv, out, data.options); }, 0.1);
+      m.naive_ms =
+          time_ms([&] { reference::attention_naive(data.tq, data.tk, data.tv, out, data.options); }, 0.1);
     m.peak_rss_mib = peak_rss_mib();
-    m.tensors_mib = double(data.q.size() + data.k.size() + data.v.size() + storage.size()) / (1024.0 * 1024.0);
+    m.tensors_mib =
+        double(data.q.size() + data.k.size() + data.v.size() + storage.size()) / (1024.0 * 1024.0);
     measured.push_back(m);
   }
   measure_ceilings();
 
   fmt::print("## mha bench: flash forward, ISA {}, {} threads\n\n", to_string(isa), num_threads());
   const Isa fma_isa = isa == Isa::avx512bf16 ? Isa::avx512 : isa;  // the FMA loop that ISA runs
-  fmt::print("Ceiling measured in this run (best of runs before and after the shapes) on {} threads: fp32 FMA ({}) "
-             "{:.1f} GFLOP/s", num_threads(), to_string(fma_isa), fp32_ceiling);
+  fmt::print(
+      "Ceiling measured in this run (best of runs before and after the shapes) on {} threads: fp32 FMA ({}) "
+      "{:.1f} GFLOP/s",
+      num_threads(), to_string(fma_isa), fp32_ceiling);
   if (has_bf16_dot) fmt::print(", bf16 dot (vdpbf16ps) {:.1f} GFLOP/s", bf16_ceiling);
-  fmt::print(".\nf32/f16 rows are measured against the fp32 ceiling, bf16 rows against the machine's bf16 ceiling.\n\n");
+  fmt::print(
+      ".\nf32/f16 rows are measured against the fp32 ceiling, bf16 rows against the machine's bf16 "
+      "ceiling.\n\n");
 
-  Table table({"name", "B", "Hq/Hkv", "Nq", "Nk", "D", "causal", "mask", "dtype", "ms", "GFLOP/s", "ceiling", "fraction", "vs naive"});
+  Table table({"name", "B", "Hq/Hkv", "Nq", "Nk", "D", "causal", "mask", "dtype", "ms", "GFLOP/s", "ceiling",
+               "fraction", "vs naive"});
   nlohmann::json records = nlohmann::json::array();
   for (std::size_t i = 0; i < shapes.size(); ++i) {
     const BenchShape& s = shapes[i];
@@ -137,10 +162,21 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
     const Measured& m = measured[i];
     const double gflops = m.flops / m.ms * 1e-6;
     const double ceiling = c.dtype == DType::bf16 && has_bf16_dot ? bf16_ceiling : fp32_ceiling;
-    nlohmann::json r = {{"name", s.name}, {"b", c.b}, {"hq", c.hq}, {"hkv", c.hkv}, {"nq", c.nq}, {"nk", c.nk},
-                        {"d", c.d}, {"causal", c.causal}, {"mask", c.mask == MaskKind::padding ? "padding" : "none"},
-                        {"dtype", std::string(to_string(c.dtype))}, {"isa", std::string(to_string(isa))},
-                        {"threads", num_threads()}, {"ms", m.ms}, {"gflops", gflops}, {"ceiling_gflops", ceiling},
+    nlohmann::json r = {{"name", s.name},
+                        {"b", c.b},
+                        {"hq", c.hq},
+                        {"hkv", c.hkv},
+                        {"nq", c.nq},
+                        {"nk", c.nk},
+                        {"d", c.d},
+                        {"causal", c.causal},
+                        {"mask", c.mask == MaskKind::padding ? "padding" : "none"},
+                        {"dtype", std::string(to_string(c.dtype))},
+                        {"isa", std::string(to_string(isa))},
+                        {"threads", num_threads()},
+                        {"ms", m.ms},
+                        {"gflops", gflops},
+                        {"ceiling_gflops", ceiling},
                         {"fraction_of_ceiling", gflops / ceiling}};
     std::string vs_naive = "-";
     if (s.with_naive) {
@@ -155,14 +191,17 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
       r["tensors_mib"] = m.tensors_mib;
       r["scratch_per_thread_kib"] = double(detail::kFlashScratchFloats) * 4 / 1024;
     }
-    table.add({s.name, std::to_string(c.b), fmt::format("{}/{}", c.hq, c.hkv), std::to_string(c.nq), std::to_string(c.nk),
-               std::to_string(c.d), c.causal ? "yes" : "no", c.mask == MaskKind::padding ? "padding" : "-",
-               std::string(to_string(c.dtype)), fmt::format("{:.2f}", m.ms), fmt::format("{:.1f}", gflops),
-               fmt::format("{:.1f}", ceiling), fmt::format("{:.1f}%", 100 * gflops / ceiling), vs_naive});
+    table.add({s.name, std::to_string(c.b), fmt::format("{}/{}", c.hq, c.hkv), std::to_string(c.nq),
+               std::to_string(c.nk), std::to_string(c.d), c.causal ? "yes" : "no",
+               c.mask == MaskKind::padding ? "padding" : "-", std::string(to_string(c.dtype)),
+               fmt::format("{:.2f}", m.ms), fmt::format("{:.1f}", gflops), fmt::format("{:.1f}", ceiling),
+               fmt::format("{:.1f}%", 100 * gflops / ceiling), vs_naive});
     records.push_back(std::move(r));
   }
   table.print();
-  fmt::print("\nFLOPs = 2·(D + Dv) per visible (query, key) pair (4·B·Hq·Nq·Nk·D for full attention). Times are medians.\n");
+  fmt::print(
+      "\nFLOPs = 2·(D + Dv) per visible (query, key) pair (4·B·Hq·Nq·Nk·D for full attention). Times are "
+      "medians.\n");
   if (!json.empty()) {
     std::ofstream f(json);
     f << records.dump(2) << "\n";
@@ -173,15 +212,20 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
 
 void add_bench(CLI::App& app) {
   auto args = std::make_shared<BenchArgs>();
-  CLI::App* cmd = app.add_subcommand("bench", "Throughput per shape against the machine's ceiling measured in the same run");
+  CLI::App* cmd = app.add_subcommand(
+      "bench", "Throughput per shape against the machine's ceiling measured in the same run");
   cmd->add_option("--shape", args->shapes, "B,Hq,Hkv,Nq,Nk,D (repeatable; default: the standard set)");
   cmd->add_flag("--causal", args->causal, "Causal (for --shape and --long)");
-  cmd->add_option("--dtype", args->dtype, "Input dtype for --shape: f32, f16 or bf16")->check(CLI::IsMember({"f32", "f16", "bf16"}));
-  cmd->add_option("--mask", args->mask, "Mask for --shape: none or padding ([B,1,1,Nk], random valid lengths)")
+  cmd->add_option("--dtype", args->dtype, "Input dtype for --shape: f32, f16 or bf16")
+      ->check(CLI::IsMember({"f32", "f16", "bf16"}));
+  cmd->add_option("--mask", args->mask,
+                  "Mask for --shape: none or padding ([B,1,1,Nk], random valid lengths)")
       ->check(CLI::IsMember({"none", "padding"}));
   cmd->add_flag("--naive", args->naive, "Also time the naive path for --shape");
-  cmd->add_flag("--long", args->long_context, "Add the long-context case: 65536 tokens, 8 heads, head dim 128, causal");
-  cmd->add_option("--min-time", args->min_time, "Seconds to spend timing each shape")->check(CLI::Range(0.0, 600.0));
+  cmd->add_flag("--long", args->long_context,
+                "Add the long-context case: 65536 tokens, 8 heads, head dim 128, causal");
+  cmd->add_option("--min-time", args->min_time, "Seconds to spend timing each shape")
+      ->check(CLI::Range(0.0, 600.0));
   cmd->add_option("--json", args->json, "Also write JSON records to this file");
   cmd->callback([args] { run(*args); });
 }

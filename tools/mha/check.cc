@@ -44,7 +44,8 @@ void run(const CheckArgs& args) {
 
 void add_check(CLI::App& app) {
   auto args = std::make_shared<CheckArgs>();
-  CLI::App* cmd = app.add_subcommand("check", "Random sweep against the float64 reference; non-zero exit on any failure");
+  CLI::App* cmd =
+      app.add_subcommand("check", "Random sweep against the float64 reference; non-zero exit on any failure");
   cmd->add_option("--count", args->count, "Random cases")->check(CLI::Range(1, 100000));
   cmd->add_option("--seed", args->seed, "Seed of the random sweep");
   cmd->add_flag("--sweep", args->sweep, "Run the test suite's fixed sweep instead of random cases");

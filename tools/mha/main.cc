@@ -15,7 +15,8 @@ int main(int argc, char** argv) {
   int threads = 0;
   std::string isa;
   app.add_option("--threads", threads, "Worker threads (default: all cores)")->check(CLI::Range(1, 1024));
-  app.add_option("--isa", isa, "Force a kernel ISA: generic, avx2, avx512 (default: best for this CPU, or MHA_ISA)");
+  app.add_option("--isa", isa,
+                 "Force a kernel ISA: generic, avx2, avx512 (default: best for this CPU, or MHA_ISA)");
   app.parse_complete_callback([&] {
     if (threads > 0) mha::set_num_threads(threads);
     if (!isa.empty()) mha::set_isa(mha::parse_isa(isa));

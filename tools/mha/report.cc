@@ -32,7 +32,8 @@ double time_ms(const std::function<void()>& fn, double budget_s) {
     const auto t0 = clock::now();
     fn();
     ms.push_back(std::chrono::duration<double, std::milli>(clock::now() - t0).count());
-  } while (ms.size() < 3 || (std::chrono::duration<double>(clock::now() - start).count() < budget_s && ms.size() < 1000));
+  } while (ms.size() < 3 ||
+           (std::chrono::duration<double>(clock::now() - start).count() < budget_s && ms.size() < 1000));
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }
