@@ -18,13 +18,6 @@ namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-std::vector<float> random_vec(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-  check::Random rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = float(rng.normal()) * scale;
-  return v;
-}
-
 class EveryIsa : public ::testing::TestWithParam<Isa> {
  protected:
   void SetUp() override { scoped_.emplace(GetParam()); }
@@ -37,7 +30,8 @@ INSTANTIATE_TEST_SUITE_P(Isas, EveryIsa, ::testing::ValuesIn(supported_isas()), 
 
 TEST_P(EveryIsa, FullyMaskedRowsGiveZerosAndMinusInfLse) {
   const std::int64_t B = 2, N = 70, H = 2, D = 32;
-  auto q = random_vec(B * N * H * D, 1), k = random_vec(B * N * H * D, 2), v = random_vec(B * N * H * D, 3);
+  auto q = check::normal_vector(B * N * H * D, 1), k = check::normal_vector(B * N * H * D, 2),
+       v = check::normal_vector(B * N * H * D, 3);
   // Batch 0: every key masked. Batch 1: keys >= 10 masked.
   std::vector<float> mask(B * N, 0.0f);
   for (std::int64_t j = 0; j < N; ++j) mask[j] = -kInf;
@@ -58,7 +52,8 @@ TEST_P(EveryIsa, FullyMaskedRowsGiveZerosAndMinusInfLse) {
 TEST_P(EveryIsa, CausalWithMoreQueriesThanKeysZeroesTheTopRows) {
   // Bottom-right alignment: query i sees keys j <= i + Nk - Nq, so rows i < Nq - Nk see nothing.
   const std::int64_t Nq = 100, Nk = 30, D = 16;
-  auto q = random_vec(Nq * D, 4), k = random_vec(Nk * D, 5), v = random_vec(Nk * D, 6);
+  auto q = check::normal_vector(Nq * D, 4), k = check::normal_vector(Nk * D, 5),
+       v = check::normal_vector(Nk * D, 6);
   std::vector<float> out(Nq * D, 7.0f), lse(Nq);
   AttentionOptions opt;
   opt.causal = true;
@@ -82,7 +77,8 @@ TEST_P(EveryIsa, KeysOutsideEveryWindowAreNeverRead) {
   // Only keys in [Nk - Nq - left, Nk) are visible to any query; the rest hold NaN. A kernel that
   // computed (then masked) those tiles would leak NaN through 0·NaN in P·V.
   const std::int64_t Nq = 64, Nk = 1000, D = 32, left = 10;
-  auto q = random_vec(Nq * D, 7), k = random_vec(Nk * D, 8), v = random_vec(Nk * D, 9);
+  auto q = check::normal_vector(Nq * D, 7), k = check::normal_vector(Nk * D, 8),
+       v = check::normal_vector(Nk * D, 9);
   const std::int64_t first_visible = Nk - Nq - left;
   for (std::int64_t j = 0; j < first_visible * D; ++j) k[j] = v[j] = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> out(Nq * D);
@@ -149,8 +145,8 @@ TEST_P(EveryIsa, SameBitsForAnyThreadCount) {
 
 TEST_P(EveryIsa, BshdAndBhsdViewsGiveTheSameBits) {
   const std::int64_t B = 2, N = 90, H = 3, D = 48;
-  auto q = random_vec(B * N * H * D, 10), k = random_vec(B * N * H * D, 11),
-       v = random_vec(B * N * H * D, 12);
+  auto q = check::normal_vector(B * N * H * D, 10), k = check::normal_vector(B * N * H * D, 11),
+       v = check::normal_vector(B * N * H * D, 12);
   // The same logical tensors stored BHSD.
   auto to_bhsd = [&](const std::vector<float>& x) {
     std::vector<float> y(x.size());

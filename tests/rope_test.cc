@@ -15,13 +15,6 @@
 namespace mha {
 namespace {
 
-std::vector<float> random_vec(std::size_t n, std::uint64_t seed) {
-  check::Random rng(seed);
-  std::vector<float> v(n);
-  for (auto& x : v) x = float(rng.normal());
-  return v;
-}
-
 // The rotation of element d of a row at position p, straight from the definition, in double.
 double direct(const std::vector<float>& row, std::int64_t d, std::int64_t p, std::int64_t rd, double theta,
               RopeStyle style) {
@@ -49,7 +42,7 @@ TEST(Rope, MatchesTheDirectFormula) {
     for (std::int64_t rd : {40, 24}) {  // full and partial rotary
       for (bool bhsd : {false, true}) {
         const RopeTable table(rd, 1024, 10000.0);
-        const auto x0 = random_vec(std::size_t(B * S * H * D), 1);
+        const auto x0 = check::normal_vector(std::size_t(B * S * H * D), 1);
         auto x = x0;
         const Tensor t = bhsd ? Tensor::bhsd(x.data(), DType::f32, B, S, H, D)
                               : Tensor::bshd(x.data(), DType::f32, B, S, H, D);
@@ -90,7 +83,7 @@ TEST(Rope, WhichElementsPairUp) {
 
 TEST(Rope, PositionZeroIsTheIdentity) {
   const RopeTable table(64, 8);
-  const auto x0 = random_vec(2 * 3 * 64, 2);
+  const auto x0 = check::normal_vector(2 * 3 * 64, 2);
   auto x = x0;
   table.apply(Tensor::bshd(x.data(), DType::f32, 2, 1, 3, 64), RopeStyle::half);
   EXPECT_EQ(x, x0);
@@ -100,7 +93,7 @@ TEST(Rope, DotProductsDependOnlyOnTheDistance) {
   // The point of RoPE: <rope(q, m), rope(k, n)> is a function of m - n.
   const std::int64_t D = 128;
   const RopeTable table(D, 4096, 500000.0);
-  const auto q0 = random_vec(D, 3), k0 = random_vec(D, 4);
+  const auto q0 = check::normal_vector(D, 3), k0 = check::normal_vector(D, 4);
   auto dot_at = [&](std::int32_t m, std::int32_t n, RopeStyle style) {
     auto q = q0, k = k0;
     const std::int32_t om[] = {m}, on[] = {n};
@@ -122,7 +115,7 @@ TEST(Rope, SixteenBitInputsRoundTheF32Result) {
   const std::int32_t offsets[] = {100};
   const RopeTable table(D, 256);
   for (DType dt : {DType::f16, DType::bf16}) {
-    const auto x0 = random_vec(std::size_t(S * D), 5);
+    const auto x0 = check::normal_vector(std::size_t(S * D), 5);
     std::vector<std::uint16_t> x(x0.size());
     std::vector<float> ref(x0.size());
     for (std::size_t i = 0; i < x0.size(); ++i) {
@@ -141,7 +134,7 @@ TEST(Rope, SixteenBitInputsRoundTheF32Result) {
 TEST(Rope, SameBitsForAnyThreadCount) {
   const RopeTable table(64, 2048);
   const std::int32_t offsets[] = {3, 900};
-  const auto x0 = random_vec(2 * 300 * 4 * 64, 6);
+  const auto x0 = check::normal_vector(2 * 300 * 4 * 64, 6);
   const int saved = num_threads();
   std::vector<std::vector<float>> outs;
   for (int threads : {1, 2, 5}) {
@@ -176,7 +169,7 @@ TEST(Rope, BadTablesAndInputs) {
   expect_invalid([] { RopeTable(64, 10, NAN); }, "theta", "finite");
 
   const RopeTable table(32, 64);
-  const auto x0 = random_vec(2 * 10 * 2 * 32, 7);
+  const auto x0 = check::normal_vector(2 * 10 * 2 * 32, 7);
   auto x = x0;
   const Tensor t = Tensor::bshd(x.data(), DType::f32, 2, 10, 2, 32);
   const std::int32_t too_far[] = {0, 60}, negative[] = {-1, 0}, one[] = {0};

@@ -21,7 +21,7 @@ enum class RopeStyle { interleaved, half };
 class RopeTable {
  public:
   // cos/sin for positions [0, max_positions) and rotary_dim / 2 frequencies, computed once in
-  // double and stored in f32. rotary_dim: even, 2..256; max_positions >= 1; theta > 0 and finite.
+  // double and stored in f32. rotary_dim: even, 2..kMaxHeadDim (256); max_positions >= 1; theta > 0 and finite.
   RopeTable(std::int64_t rotary_dim, std::int64_t max_positions, double theta = 10000.0);
 
   std::int64_t rotary_dim() const { return rotary_dim_; }

@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <vector>
 
 namespace mha::check {
 
@@ -31,5 +32,13 @@ class Random {
  private:
   std::uint64_t state_;
 };
+
+// n standard-normal floats, reproducible from `seed`.
+inline std::vector<float> normal_vector(std::size_t n, std::uint64_t seed) {
+  Random rng(seed);
+  std::vector<float> v(n);
+  for (auto& x : v) x = float(rng.normal());
+  return v;
+}
 
 }  // namespace mha::check

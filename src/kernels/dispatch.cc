@@ -46,9 +46,12 @@ void run_flash_fwd(const AttentionParams& p, FlashFwdKernel kernel) {
   // Longest first keeps the tail short when costs differ (causal, windows, ragged varlen). The
   // order changes which thread runs an item, never what the item computes.
   if (p.window_left >= 0 || p.window_right >= 0 || p.cu_q != nullptr) {
-    std::stable_sort(items.begin(), items.end(), [&](const FlashTile& a, const FlashTile& b) {
-      return item_cost(p, a) > item_cost(p, b);
-    });
+    std::vector<std::pair<std::int64_t, FlashTile>> costed;
+    costed.reserve(items.size());
+    for (const FlashTile& t : items) costed.emplace_back(item_cost(p, t), t);
+    std::stable_sort(costed.begin(), costed.end(),
+                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    for (std::size_t i = 0; i < items.size(); ++i) items[i] = costed[i].second;
   }
   global_pool().parallel_for(std::int64_t(items.size()),
                              [&](std::int64_t i) { kernel(p, items[std::size_t(i)], thread_scratch()); });

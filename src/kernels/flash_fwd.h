@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "kernels/attention_params.h"
+#include "mha/attention.h"
 #include "mha/runtime.h"
 
 namespace mha::detail {
@@ -12,7 +13,7 @@ namespace mha::detail {
 // Query rows per work item and keys per inner tile.
 inline constexpr std::int64_t kFlashBlockQ = 64;
 inline constexpr std::int64_t kFlashBlockK = 64;
-inline constexpr std::int64_t kFlashMaxDim = 256;
+inline constexpr std::int64_t kFlashMaxDim = kMaxHeadDim;  // scratch is sized for the largest head dim
 
 // Floats of scratch a kernel needs per worker thread: Qᵀ, converted K and V tiles, the Sᵀ/Pᵀ tile,
 // a transposed mask tile, P in bf16 key pairs, the O tile, and per-row max, sum and rescale. Independent of

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "api/validate.h"
+#include "mha/attention.h"
 #include "mha/errors.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/thread_pool.h"
@@ -21,8 +22,9 @@ namespace {
 
 RopeTable::RopeTable(std::int64_t rotary_dim, std::int64_t max_positions, double theta)
     : rotary_dim_(rotary_dim), max_positions_(max_positions), theta_(theta) {
-  if (rotary_dim < 2 || rotary_dim > 256 || rotary_dim % 2 != 0)
-    bad("rotary_dim", fmt::format("rotary_dim = {}, expected an even number from 2 to 256", rotary_dim));
+  if (rotary_dim < 2 || rotary_dim > kMaxHeadDim || rotary_dim % 2 != 0)
+    bad("rotary_dim",
+        fmt::format("rotary_dim = {}, expected an even number from 2 to {}", rotary_dim, kMaxHeadDim));
   if (max_positions < 1 || max_positions > (std::int64_t(1) << 24))
     bad("max_positions", fmt::format("max_positions = {}, expected 1 to 2^24", max_positions));
   if (!(theta > 0) || !std::isfinite(theta))

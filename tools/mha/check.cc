@@ -4,7 +4,6 @@
 #include "check/case.h"
 #include "commands.h"
 #include "report.h"
-#include "table.h"
 
 namespace mha::cli {
 
@@ -23,21 +22,7 @@ void run(const CheckArgs& args) {
   const std::vector<Isa> isas = args.isa == "all" ? supported_isas() : std::vector<Isa>{parse_isa(args.isa)};
   fmt::print("mha check: {} cases × {} ISA(s), {} thread(s); bar: max err <= 2 × naive err + floor\n\n",
              cases.size(), isas.size(), num_threads());
-  Table table = accuracy_table();
-  int passed = 0, failed = 0;
-  for (std::size_t i = 0; i < cases.size(); ++i) {
-    const check::Case& c = cases[i];
-    const check::CaseData data(c);
-    const check::Baseline base = check::compute_baseline(c, data);
-    for (Isa isa : isas) {
-      const check::Accuracy a = check::evaluate(c, data, base, isa);
-      (a.pass ? passed : failed) += 1;
-      table.add(accuracy_row(std::to_string(i), c, isa, a));
-    }
-  }
-  table.print();
-  fmt::print("\n{} passed, {} failed\n", passed, failed);
-  if (failed > 0) throw Failed{};
+  if (run_accuracy(cases, isas) > 0) throw Failed{};
 }
 
 }  // namespace

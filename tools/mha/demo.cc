@@ -5,7 +5,6 @@
 #include "check/case.h"
 #include "commands.h"
 #include "report.h"
-#include "table.h"
 
 namespace mha::cli {
 
@@ -40,21 +39,8 @@ void correctness() {
   };
   fmt::print("## Correctness: flash kernel vs the float64 oracle (ISA {}, {} threads)\n\n",
              to_string(active_isa()), num_threads());
-  Table table = accuracy_table();
-  int failed = 0;
-  for (std::size_t i = 0; i < std::size(cases); ++i) {
-    const check::CaseData data(cases[i]);
-    const check::Baseline base = check::compute_baseline(cases[i], data);
-    const check::Accuracy a = check::evaluate(cases[i], data, base, active_isa());
-    failed += a.pass ? 0 : 1;
-    table.add(accuracy_row(std::to_string(i), cases[i], active_isa(), a));
-  }
-  table.print();
+  if (run_accuracy({std::begin(cases), std::end(cases)}, {active_isa()}) > 0) throw Failed{};
   fmt::print("\n");
-  if (failed > 0) {
-    fmt::print("{} case(s) FAILED the accuracy bar\n", failed);
-    throw Failed{};
-  }
 }
 
 void timing() {

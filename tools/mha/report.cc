@@ -6,6 +6,8 @@
 
 namespace mha::cli {
 
+namespace {
+
 Table accuracy_table() {
   return Table({"#", "shape", "options", "isa", "max err", "naive err", "err / naive", "PCC", "result"});
 }
@@ -21,6 +23,26 @@ std::vector<std::string> accuracy_row(const std::string& id, const check::Case& 
           a.naive_max_err > 0 ? fmt::format("{:.2f}", a.max_err / a.naive_max_err) : "-",
           fmt::format("{:.7f}", a.pcc),
           a.pass ? "pass" : "FAIL"};
+}
+
+}  // namespace
+
+int run_accuracy(const std::vector<check::Case>& cases, const std::vector<Isa>& isas) {
+  Table table = accuracy_table();
+  int passed = 0, failed = 0;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const check::Case& c = cases[i];
+    const check::CaseData data(c);
+    const check::Baseline base = check::compute_baseline(c, data);
+    for (Isa isa : isas) {
+      const check::Accuracy a = check::evaluate(c, data, base, isa);
+      (a.pass ? passed : failed) += 1;
+      table.add(accuracy_row(std::to_string(i), c, isa, a));
+    }
+  }
+  table.print();
+  fmt::print("\n{} passed, {} failed\n", passed, failed);
+  return failed;
 }
 
 double time_ms(const std::function<void()>& fn, double budget_s) {

@@ -11,9 +11,9 @@
 
 namespace mha::cli {
 
-Table accuracy_table();
-std::vector<std::string> accuracy_row(const std::string& id, const check::Case& c, Isa isa,
-                                      const check::Accuracy& a);
+// Runs every case on every ISA against the float64 oracle, prints the accuracy table and
+// "N passed, M failed"; returns M.
+int run_accuracy(const std::vector<check::Case>& cases, const std::vector<Isa>& isas);
 
 // A benchmark shape: random data of the case, timed through mha::attention (and the naive path
 // when with_naive).
