@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "mha/attention.h"
+#include "mha/layers.h"
 
 namespace mha::reference {
 
@@ -24,5 +25,16 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
 // the accuracy bar. Same arguments, validation and outputs as mha::attention.
 void attention_naive(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                      const AttentionOptions& options = {}, const Tensor* lse = nullptr);
+
+// Float64 references of the layers: x and the weights are read as their f32 values, every step
+// after (projections, RoPE, softmax, products) is double. x [batch, n, d_in] row-major; returns
+// [batch, n, d_out] (SelfAttention) or [batch, seq, hidden] (MultiHeadAttention).
+std::vector<double> self_attention_f64(const SelfAttentionWeights& w, bool causal, const float* x,
+                                       std::int64_t batch, std::int64_t n);
+std::vector<double> multi_head_attention_f64(const MultiHeadAttentionConfig& config,
+                                             const MultiHeadAttentionWeights& w, const float* x,
+                                             std::int64_t batch, std::int64_t seq,
+                                             const Tensor* mask = nullptr,
+                                             std::span<const std::int32_t> positions = {});
 
 }  // namespace mha::reference

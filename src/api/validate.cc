@@ -60,12 +60,14 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
 }
 
 void check_no_self_overlap(const char* func, const std::string& name, const Tensor& t) {
-  std::vector<std::pair<std::int64_t, std::int64_t>> dims;  // (stride, size)
+  std::array<std::pair<std::int64_t, std::int64_t>, Tensor::kMaxRank> dims;  // (stride, size), no allocation
+  std::size_t n = 0;
   for (int i = 0; i < t.rank; ++i)
-    if (t.shape[std::size_t(i)] > 1) dims.emplace_back(t.strides[std::size_t(i)], t.shape[std::size_t(i)]);
-  std::sort(dims.begin(), dims.end());
+    if (t.shape[std::size_t(i)] > 1) dims[n++] = {t.strides[std::size_t(i)], t.shape[std::size_t(i)]};
+  std::sort(dims.begin(), dims.begin() + std::ptrdiff_t(n));
   std::int64_t span = 1;
-  for (const auto& [stride, size] : dims) {
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto [stride, size] = dims[i];
     if (stride < span) {
       fail(func, name, "{} {} has overlapping elements, expected each element stored once", name,
            t.describe());
@@ -82,8 +84,30 @@ bool overlaps(const Span& a, const Span& b) {
 
 }  // namespace
 
+std::array<std::int64_t, 4> check_mask(const char* func, const Tensor& m, std::int64_t batch,
+                                       std::int64_t heads, std::int64_t nq, std::int64_t nk) {
+  check_view(func, "mask", m, 1, 4);
+  const std::int64_t want[4] = {batch, heads, nq, nk};
+  const char* dim_names[4] = {"batch", "heads", "seqlen_q", "seqlen_k"};
+  const int pad = 4 - m.rank;
+  std::array<std::int64_t, 4> strides{};
+  for (int i = 0; i < 4; ++i) {
+    const std::int64_t size = i < pad ? 1 : m.shape[std::size_t(i - pad)];
+    const std::int64_t stride = i < pad ? 0 : m.strides[std::size_t(i - pad)];
+    if (size != 1 && size != want[i]) {
+      fail(func, "mask",
+           "mask.shape = {} does not broadcast to [{}, {}, {}, {}]: dim {} ({}) "
+           "is {}, expected 1 or {}",
+           m.describe(), want[0], want[1], want[2], want[3], i - pad, dim_names[i], size, want[i]);
+    }
+    strides[std::size_t(i)] = size == 1 ? 0 : stride;
+  }
+  return strides;
+}
+
 AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k, const Tensor& v,
-                                   const Tensor* out_arg, const AttentionOptions& o, const Tensor* lse) {
+                                   const Tensor* out_arg, const AttentionOptions& o, const Tensor* lse,
+                                   std::int64_t max_head_dim) {
   const Span sq = check_view(func, "q", q, 4, 4);
   const Span sk = check_view(func, "k", k, 4, 4);
   const Span sv = check_view(func, "v", v, 4, 4);
@@ -118,13 +142,13 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
          "k.shape[2] (kv heads) = {} does not divide q.shape[2] (heads) = {}, "
          "expected Hq to be a multiple of Hkv",
          Hkv, Hq);
-  if (D < 1) fail(func, "q", "q.shape[3] (head dim) = {}, expected 1 to {}", D, kMaxHeadDim);
-  if (D > kMaxHeadDim)
-    fail<Unsupported>(func, "q", "q.shape[3] (head dim) = {}, expected 1 to {}", D, kMaxHeadDim);
+  if (D < 1) fail(func, "q", "q.shape[3] (head dim) = {}, expected 1 to {}", D, max_head_dim);
+  if (D > max_head_dim)
+    fail<Unsupported>(func, "q", "q.shape[3] (head dim) = {}, expected 1 to {}", D, max_head_dim);
   if (k.shape[3] != D) fail(func, "k", "k.shape[3] (head dim) = {}, expected q.shape[3] = {}", k.shape[3], D);
-  if (Dv < 1) fail(func, "v", "v.shape[3] (head dim) = {}, expected 1 to {}", Dv, kMaxHeadDim);
-  if (Dv > kMaxHeadDim)
-    fail<Unsupported>(func, "v", "v.shape[3] (head dim) = {}, expected 1 to {}", Dv, kMaxHeadDim);
+  if (Dv < 1) fail(func, "v", "v.shape[3] (head dim) = {}, expected 1 to {}", Dv, max_head_dim);
+  if (Dv > max_head_dim)
+    fail<Unsupported>(func, "v", "v.shape[3] (head dim) = {}, expected 1 to {}", Dv, max_head_dim);
   const std::array<std::int64_t, 4> want_out{B, Nq, Hq, Dv};
   for (int i = 0; i < 4 && out_arg != nullptr; ++i) {
     if (out.shape[std::size_t(i)] != want_out[std::size_t(i)])
@@ -192,27 +216,13 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
     p.nk = maxima[1];
   }
 
-  // mask: right-aligned broadcast to [batch, Hq, Nq, Nk]
   Span smask;
   if (o.mask) {
-    const Tensor& m = *o.mask;
-    smask = check_view(func, "mask", m, 1, 4);
-    const std::int64_t want[4] = {p.batch, Hq, p.nq, p.nk};
-    const char* dim_names[4] = {"batch", "heads", "seqlen_q", "seqlen_k"};
-    const int pad = 4 - m.rank;
-    for (int i = 0; i < 4; ++i) {
-      const std::int64_t size = i < pad ? 1 : m.shape[std::size_t(i - pad)];
-      const std::int64_t stride = i < pad ? 0 : m.strides[std::size_t(i - pad)];
-      if (size != 1 && size != want[i]) {
-        fail(func, "mask",
-             "mask.shape = {} does not broadcast to [{}, {}, {}, {}]: dim {} ({}) "
-             "is {}, expected 1 or {}",
-             m.describe(), want[0], want[1], want[2], want[3], i - pad, dim_names[i], size, want[i]);
-      }
-      p.mask_stride[i] = size == 1 ? 0 : stride;
-    }
-    p.mask = m.data;
-    p.mask_dtype = m.dtype;
+    smask = check_view(func, "mask", *o.mask, 1, 4);
+    const auto strides = check_mask(func, *o.mask, p.batch, Hq, p.nq, p.nk);
+    std::copy(strides.begin(), strides.end(), p.mask_stride);
+    p.mask = o.mask->data;
+    p.mask_dtype = o.mask->dtype;
   }
 
   // window and causal

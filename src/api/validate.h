@@ -2,6 +2,8 @@
 // AttentionParams they receive.
 #pragma once
 
+#include <array>
+#include <cstdint>
 #include <string>
 
 #include "kernels/attention_params.h"
@@ -24,10 +26,17 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
 // of the smaller ones. Throws InvalidArgument otherwise.
 void check_no_self_overlap(const char* func, const std::string& name, const Tensor& t);
 
+// Checks an additive mask (rank 1-4, right-aligned NumPy broadcast to [batch, heads, nq, nk]);
+// returns its strides over those four dims, 0 where broadcast.
+std::array<std::int64_t, 4> check_mask(const char* func, const Tensor& mask, std::int64_t batch,
+                                       std::int64_t heads, std::int64_t nq, std::int64_t nk);
+
 // Checks q, k, v, out, options and lse; returns the call in validated form or throws
 // InvalidArgument / Unsupported naming the argument. `func` prefixes the messages. A null `out`
-// (the float64 reference, which returns its own buffers) skips the output checks.
+// (the float64 reference, which returns its own buffers) skips the output checks. Head dims above
+// `max_head_dim` are Unsupported (the layers' wide-head path passes a larger limit).
 AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k, const Tensor& v,
-                                   const Tensor* out, const AttentionOptions& options, const Tensor* lse);
+                                   const Tensor* out, const AttentionOptions& options, const Tensor* lse,
+                                   std::int64_t max_head_dim = kMaxHeadDim);
 
 }  // namespace mha::detail

@@ -1,4 +1,5 @@
 #include "check/case.h"
+#include "check/compare.h"
 
 #include <fmt/format.h>
 
@@ -192,21 +193,6 @@ double max_abs_finite(const std::vector<double>& v) {
   return m;
 }
 
-double pearson(const std::vector<double>& a, const std::vector<double>& b) {
-  const double n = double(a.size());
-  if (a.empty()) return 1;
-  const double ma = std::accumulate(a.begin(), a.end(), 0.0) / n;
-  const double mb = std::accumulate(b.begin(), b.end(), 0.0) / n;
-  double sab = 0, saa = 0, sbb = 0;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    sab += (a[i] - ma) * (b[i] - mb);
-    saa += (a[i] - ma) * (a[i] - ma);
-    sbb += (b[i] - mb) * (b[i] - mb);
-  }
-  if (saa == 0 && sbb == 0) return 1;  // both constant (e.g. all rows masked): identical
-  if (saa == 0 || sbb == 0) return 0;
-  return sab / std::sqrt(saa * sbb);
-}
 
 }  // namespace
 

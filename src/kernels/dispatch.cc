@@ -1,6 +1,7 @@
 // The one dispatch point for the flash forward kernels, and the driver that spreads work items
 // over the thread pool.
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "kernels/flash_fwd.h"
@@ -21,7 +22,7 @@ FlashFwdKernel flash_fwd_kernel(Isa isa) {
 
 namespace {
 
-// Each thread keeps its scratch across calls, so steady-state calls allocate only the item list.
+// Each thread keeps its scratch across calls.
 float* thread_scratch() {
   thread_local AlignedBuffer buffer{std::size_t(kFlashScratchFloats)};
   return buffer.data();
@@ -36,7 +37,11 @@ std::int64_t item_cost(const AttentionParams& p, const FlashTile& t) {
 }  // namespace
 
 void run_flash_fwd(const AttentionParams& p, FlashFwdKernel kernel) {
-  std::vector<FlashTile> items;
+  // Kept per calling thread and refilled: once it has grown, steady-state calls allocate nothing.
+  // (A thread_local is not captured by the lambda below: workers must see the caller's list.)
+  thread_local std::vector<FlashTile> caller_items;
+  std::vector<FlashTile>& items = caller_items;
+  items.clear();
   for (std::int64_t b = 0; b < p.batch; ++b) {
     const SeqSpan s = seq_span(p, b);
     for (std::int64_t h = 0; h < p.hq; ++h)
@@ -46,11 +51,15 @@ void run_flash_fwd(const AttentionParams& p, FlashFwdKernel kernel) {
   // Longest first keeps the tail short when costs differ (causal, windows, ragged varlen). The
   // order changes which thread runs an item, never what the item computes.
   if (p.window_left >= 0 || p.window_right >= 0 || p.cu_q != nullptr) {
-    std::vector<std::pair<std::int64_t, FlashTile>> costed;
-    costed.reserve(items.size());
+    thread_local std::vector<std::pair<std::int64_t, FlashTile>> costed;
+    costed.clear();
     for (const FlashTile& t : items) costed.emplace_back(item_cost(p, t), t);
-    std::stable_sort(costed.begin(), costed.end(),
-                     [](const auto& a, const auto& b) { return a.first > b.first; });
+    // A total order (ties by position) keeps the sort in place: std::stable_sort would allocate.
+    std::sort(costed.begin(), costed.end(), [](const auto& x, const auto& y) {
+      if (x.first != y.first) return x.first > y.first;
+      return std::tie(x.second.b, x.second.h, x.second.q_begin) <
+             std::tie(y.second.b, y.second.h, y.second.q_begin);
+    });
     for (std::size_t i = 0; i < items.size(); ++i) items[i] = costed[i].second;
   }
   global_pool().parallel_for(std::int64_t(items.size()),

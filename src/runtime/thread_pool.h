@@ -8,16 +8,29 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
-#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
 
 namespace mha::detail {
 
+// A non-owning reference to a callable taking an item index. Unlike std::function it never
+// allocates, so a steady-state call through the pool allocates nothing.
+class ItemFn {
+ public:
+  template <class F>
+  ItemFn(const F& f)
+      : obj_(&f), call_([](const void* o, std::int64_t i) { (*static_cast<const F*>(o))(i); }) {}
+  void operator()(std::int64_t i) const { call_(obj_, i); }
+
+ private:
+  const void* obj_;
+  void (*call_)(const void*, std::int64_t);
+};
+
 class ThreadPool {
  public:
-  using Body = std::function<void(std::int64_t item)>;
+  using Body = ItemFn;
 
   explicit ThreadPool(int threads);  // threads >= 1, the caller included
   ~ThreadPool();

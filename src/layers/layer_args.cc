@@ -1,0 +1,41 @@
+#include "layers/layer_args.h"
+
+#include <fmt/format.h>
+
+#include "api/validate.h"
+#include "mha/errors.h"
+#include "runtime/dtype_convert.h"
+
+namespace mha::detail {
+
+void check_activation(const char* func, const char* name, const Tensor& t,
+                      std::initializer_list<std::int64_t> shape) {
+  // Messages are built only on failure: steady-state calls allocate nothing.
+  auto message = [&] {
+    return fmt::format("{}: {} is {}, expected [{}] f32 contiguous", func, name, t.describe(),
+                       fmt::join(shape, ", "));
+  };
+  if (t.rank < 1 || t.rank > Tensor::kMaxRank) throw InvalidArgument(name, message());
+  check_view(func, name, t, 1, Tensor::kMaxRank);
+  if (t.dtype != DType::f32) throw Unsupported(name, message());
+  bool ok = t.rank == int(shape.size());
+  std::int64_t stride = 1;
+  for (int i = t.rank - 1; ok && i >= 0; --i) {
+    const std::int64_t size = t.shape[std::size_t(i)];
+    ok = size == shape.begin()[i] && (size == 1 || t.strides[std::size_t(i)] == stride);
+    stride *= size;
+  }
+  if (!ok) throw InvalidArgument(name, message());
+}
+
+void round_weights(std::vector<float>& w, DType dtype) {
+  for (float& x : w) x = round_to(dtype, x);
+}
+
+void check_weight(const char* func, const std::string& name, const std::vector<float>& w, std::int64_t size) {
+  if (std::int64_t(w.size()) != size)
+    throw InvalidArgument(name,
+                          fmt::format("{}: {} has {} elements, expected {}", func, name, w.size(), size));
+}
+
+}  // namespace mha::detail
