@@ -10,7 +10,9 @@
 #include <vector>
 
 #include "check/case.h"
+#include "mha/layers.h"
 #include "mha/npy.h"
+#include "mha/safetensors.h"
 #include "runtime/dtype_convert.h"
 #include "test_files.h"
 
@@ -234,6 +236,44 @@ TEST(Cli, CheckPassesAndReportsCounts) {
   const Result r = run_cli("--threads 2 check --count 6 --seed 3");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find(" passed, 0 failed"), std::string::npos) << r.output;
+}
+
+TEST(Cli, LayerDemosPrintTablesAndJson) {
+  TempDir dir;
+  Result r = run_cli(
+      "--threads 2 demo bert --batch 2 --seq 40 --hidden 64 --heads 4 --kv-heads 2 --iters 2 --json " +
+      dir.file("bert.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("optimized: steady state"), std::string::npos) << r.output;
+  nlohmann::json j = nlohmann::json::parse(std::ifstream(dir.file("bert.json")));
+  for (const char* key :
+       {"naive_ms", "first_call_ms", "steady_ms", "first_over_steady", "speedup", "pcc", "max_err"})
+    EXPECT_TRUE(j.contains(key)) << key;
+  EXPECT_GT(j["speedup"].get<double>(), 0);
+  EXPECT_GE(j["pcc"].get<double>(), 0.9999);
+  EXPECT_EQ(j["kv_heads"].get<int>(), 2);
+
+  r = run_cli("demo self-attention --count 2 --d-in 40 --d-out 300 --rows 70 --causal --json " +
+              dir.file("sa.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("optimized, steady state"), std::string::npos) << r.output;
+  j = nlohmann::json::parse(std::ifstream(dir.file("sa.json")));
+  EXPECT_GE(j["pcc"].get<double>(), 0.9999);
+  EXPECT_GE(j["optimized_vs_naive"]["pcc"].get<double>(), 0.9999);
+  EXPECT_GT(j["speedup"].get<double>(), 0);
+
+  // Weights from a safetensors file written by the library, and the error for a missing file.
+  const SelfAttentionWeights w = SelfAttentionWeights::random(16, 8, 9);
+  save_safetensors(dir.file("w.safetensors"), w.entries());
+  r = run_cli("demo self-attention --count 1 --d-in 16 --d-out 8 --rows 10 --weights " +
+              dir.file("w.safetensors"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  r = run_cli("demo self-attention --count 1 --d-in 16 --d-out 9 --rows 10 --weights " +
+              dir.file("w.safetensors"));
+  EXPECT_EQ(r.status, 2) << r.output;
+  EXPECT_NE(r.output.find("shape [8, 16], expected [9, 16]"), std::string::npos) << r.output;
+  r = run_cli("demo bert --weights " + dir.file("absent.safetensors"));
+  EXPECT_EQ(r.status, 2) << r.output;
 }
 
 }  // namespace

@@ -203,10 +203,7 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
       "\nFLOPs = 2·(D + Dv) per visible (query, key) pair (4·B·Hq·Nq·Nk·D for full attention). Times are "
       "medians.\n");
   if (!json.empty()) {
-    std::ofstream f(json);
-    f << records.dump(2) << "\n";
-    if (!f) throw IoError(json, fmt::format("cannot write '{}'", json));
-    fmt::print("JSON records written to {}\n", json);
+    write_json_file(json, records.dump(2));
   }
 }
 

@@ -9,6 +9,8 @@ void add_attend(CLI::App& app);
 void add_bench(CLI::App& app);
 void add_check(CLI::App& app);
 void add_demo(CLI::App& app);
+// `mha demo self-attention` and `mha demo bert`, under the demo subcommand.
+void add_demo_layers(CLI::App& demo);
 
 // Thrown by a subcommand that ran but found failures (exit status 1, no error message).
 struct Failed {};

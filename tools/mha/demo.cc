@@ -63,8 +63,12 @@ void timing() {
 }  // namespace
 
 void add_demo(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand("demo", "A short correctness check and timing table on built-in shapes");
-  cmd->callback([] {
+  CLI::App* cmd = app.add_subcommand(
+      "demo",
+      "A short correctness check and timing table on built-in shapes; subcommands run the layer demos");
+  add_demo_layers(*cmd);
+  cmd->callback([cmd] {
+    if (!cmd->get_subcommands().empty()) return;  // `mha demo bert` etc. ran instead
     correctness();
     timing();
   });

@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <fstream>
+
+#include "mha/errors.h"
 
 namespace mha::cli {
 
@@ -58,6 +61,13 @@ double time_ms(const std::function<void()>& fn, double budget_s) {
            (std::chrono::duration<double>(clock::now() - start).count() < budget_s && ms.size() < 1000));
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
+}
+
+void write_json_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  f << text << "\n";
+  if (!f) throw IoError(path, fmt::format("cannot write '{}'", path));
+  fmt::print("JSON written to {}\n", path);
 }
 
 }  // namespace mha::cli

@@ -30,4 +30,7 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
 // Median milliseconds of fn over repeats, after one warm-up, spending about `budget_s` seconds.
 double time_ms(const std::function<void()>& fn, double budget_s = 0.5);
 
+// Writes `text` and a newline to `path`; IoError when it cannot.
+void write_json_file(const std::string& path, const std::string& text);
+
 }  // namespace mha::cli
