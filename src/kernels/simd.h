@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "runtime/dtype_convert.h"
+
 namespace mha::detail::MHA_KERNEL_NS {
 namespace {
 
@@ -53,6 +55,10 @@ struct Vec {
     const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
   }
+  static T load_i8(const std::int8_t* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  static float hsum(T x) { return _mm512_reduce_add_ps(x); }
 };
 
 #elif defined(__AVX2__)
@@ -95,6 +101,14 @@ struct Vec {
     const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
+  static T load_i8(const std::int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  static float hsum(T x) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
 };
 
 #else  // SSE2: every x86-64 CPU
@@ -127,6 +141,25 @@ struct Vec {
   static T two_pow(T n) {
     const __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(n), _mm_set1_epi32(127)), 23);
     return _mm_castsi128_ps(e);
+  }
+  static T load_bf16(const std::uint16_t* p) {  // bf16 is the high half of an f32
+    const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+    return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), w));
+  }
+  static T load_f16(const std::uint16_t* p) {  // no F16C in the baseline
+    return _mm_setr_ps(f16_to_f32(p[0]), f16_to_f32(p[1]), f16_to_f32(p[2]), f16_to_f32(p[3]));
+  }
+  static T load_i8(const std::int8_t* p) {  // sign-extend 4 bytes without SSE4.1
+    int bytes;
+    __builtin_memcpy(&bytes, p, 4);
+    __m128i w = _mm_cvtsi32_si128(bytes);
+    w = _mm_unpacklo_epi8(w, w);
+    w = _mm_srai_epi32(_mm_unpacklo_epi16(w, w), 24);
+    return _mm_cvtepi32_ps(w);
+  }
+  static float hsum(T x) {
+    const __m128 h = _mm_add_ps(x, _mm_movehl_ps(x, x));
+    return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
   }
 };
 

@@ -1,0 +1,66 @@
+// Contract of the flash-decode kernels: a few new query tokens per sequence against that sequence's
+// KV cache (contiguous or paged), one implementation per ISA behind one dispatch point.
+//
+// Work is split into items (sequence b, KV head g, a chunk of kDecodeChunk cache tokens). An item
+// computes, for all R = (Hq / Hkv) · Nq query rows that share KV head g, the softmax partials
+// (running max m, sum l, unnormalized output o) over its chunk, so each K/V byte is read once per
+// group, not once per query head. Partials are merged per (b, g) in chunk order. The chunk size is
+// a constant, so the split and the merge order never depend on the thread count, the batch or the
+// cache layout: results are bitwise identical across all three.
+#pragma once
+
+#include <cstdint>
+
+#include "mha/runtime.h"
+#include "mha/tensor.h"
+
+namespace mha::detail {
+
+inline constexpr std::int64_t kDecodeChunk = 256;  // cache tokens per item
+inline constexpr std::int64_t kDecodeTile = 16;    // keys per inner tile
+
+// Plain data only (included by the per-ISA translation units).
+struct DecodeParams {
+  const float* q = nullptr;  // [batch, nq, hq, d] f32, contiguous
+  const void* k = nullptr;   // cache rows of hkv·d elements
+  const void* v = nullptr;
+  const float* k_scale = nullptr;  // int8: [rows][hkv]
+  const float* v_scale = nullptr;
+  int cache_dtype = 0;                   // CacheDType as an int: 0 f32, 1 f16, 2 bf16, 3 int8
+  const std::int32_t* tables = nullptr;  // [max_seqs][blocks_per_seq]
+  std::int64_t blocks_per_seq = 0, rows_per_block = 0;
+  const std::int32_t* seqs = nullptr;     // cache sequence of each batch entry
+  const std::int32_t* seqlens = nullptr;  // keys visible to the last query of each entry
+  std::int64_t batch = 0, nq = 0, hq = 0, hkv = 0, d = 0;
+  float scale = 1;
+};
+
+// One item: keys [t0, t1) of batch entry b, KV head g. `partial` receives R rows of (m, l, o[d]).
+struct DecodeItem {
+  std::int64_t b, g, t0, t1;
+  float* partial;
+};
+
+// Floats of scratch an item needs (64-byte aligned): q rows, scores, probabilities, O and row state.
+std::int64_t decode_scratch_floats(const DecodeParams& p);
+
+using DecodeKernel = void (*)(const DecodeParams& p, const DecodeItem& item, float* scratch);
+
+namespace generic {
+void decode_chunk(const DecodeParams&, const DecodeItem&, float*);
+}
+namespace avx2 {
+void decode_chunk(const DecodeParams&, const DecodeItem&, float*);
+}
+namespace avx512 {
+void decode_chunk(const DecodeParams&, const DecodeItem&, float*);
+}
+
+DecodeKernel decode_kernel(Isa isa);
+
+// Runs the items on the global pool, merges the partials, writes out [batch, nq, hq, d] (f32 or
+// the dtype given, with the strides given) and, when lse is not null, lse [batch, hq, nq].
+void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,
+                const std::int64_t* out_stride, float* lse, const std::int64_t* lse_stride);
+
+}  // namespace mha::detail

@@ -1,0 +1,96 @@
+// The dispatch point of the decode kernels, the split into items and the fixed-order merge.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "kernels/decode.h"
+#include "mha/attention.h"
+#include "runtime/aligned_buffer.h"
+#include "runtime/dtype_convert.h"
+#include "runtime/thread_pool.h"
+
+namespace mha::detail {
+
+DecodeKernel decode_kernel(Isa isa) {
+  switch (isa) {
+    case Isa::avx512bf16:
+    case Isa::avx512: return &avx512::decode_chunk;
+    case Isa::avx2: return &avx2::decode_chunk;
+    case Isa::generic: break;
+  }
+  return &generic::decode_chunk;
+}
+
+std::int64_t decode_scratch_floats(const DecodeParams& p) {
+  const std::int64_t R = p.hq / p.hkv * p.nq;
+  return R * (2 * p.d + kDecodeTile + 6) + 16;
+}
+
+void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,
+                const std::int64_t* out_stride, float* lse, const std::int64_t* lse_stride) {
+  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, part = R * (p.d + 2);
+  // Items and partials are kept per calling thread and reused: steady-state steps allocate nothing.
+  thread_local std::vector<DecodeItem> caller_items;
+  thread_local std::vector<std::int64_t> caller_first;  // first item of each (b, g)
+  thread_local AlignedBuffer caller_partials;
+  std::vector<DecodeItem>& items = caller_items;
+  std::vector<std::int64_t>& first = caller_first;
+  items.clear();
+  first.clear();
+  std::int64_t chunks = 0;
+  for (std::int64_t b = 0; b < p.batch; ++b) chunks += (p.seqlens[b] + kDecodeChunk - 1) / kDecodeChunk;
+  caller_partials.resize(std::size_t(std::max<std::int64_t>(1, chunks * p.hkv * part)));
+  float* partials = caller_partials.data();
+  for (std::int64_t b = 0; b < p.batch; ++b)
+    for (std::int64_t g = 0; g < p.hkv; ++g) {
+      first.push_back(std::int64_t(items.size()));
+      for (std::int64_t t0 = 0; t0 < p.seqlens[b]; t0 += kDecodeChunk)
+        items.push_back({b, g, t0, std::min(t0 + kDecodeChunk, std::int64_t(p.seqlens[b])),
+                         partials + std::int64_t(items.size()) * part});
+    }
+  first.push_back(std::int64_t(items.size()));
+
+  const std::size_t scratch_floats = std::size_t(decode_scratch_floats(p));
+  global_pool().parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
+    thread_local AlignedBuffer scratch;
+    scratch.resize(scratch_floats);
+    kernel(p, items[std::size_t(i)], scratch.data());
+  });
+
+  // Merge each (b, g) group's chunks in chunk order: the same sums in the same order every time.
+  global_pool().parallel_for(p.batch * p.hkv, [&](std::int64_t bg) {
+    const std::int64_t b = bg / p.hkv, g = bg % p.hkv;
+    const std::int64_t i0 = first[std::size_t(bg)], i1 = first[std::size_t(bg) + 1];
+    thread_local std::vector<float> weight;
+    weight.resize(std::size_t(i1 - i0));
+    for (std::int64_t r = 0; r < R; ++r) {
+      const std::int64_t i = r / G, h = g * G + r % G;
+      auto partial = [&](std::int64_t c) { return items[std::size_t(c)].partial + r * (p.d + 2); };
+      float M = -std::numeric_limits<float>::infinity();
+      for (std::int64_t c = i0; c < i1; ++c) M = std::max(M, partial(c)[0]);
+      float Lsum = 0;
+      for (std::int64_t c = i0; c < i1; ++c) {
+        const float* pr = partial(c);
+        weight[std::size_t(c - i0)] =
+            pr[1] > 0 ? std::exp(pr[0] - M) : 0.f;  // a chunk with no visible key adds 0
+        Lsum += pr[1] * weight[std::size_t(c - i0)];
+      }
+      float acc[kMaxHeadDim] = {};
+      for (std::int64_t c = i0; c < i1; ++c) {
+        const float wc = weight[std::size_t(c - i0)];
+        const float* o = partial(c) + 2;
+        for (std::int64_t e = 0; e < p.d; ++e) acc[e] += wc * o[e];
+      }
+      const float inv = Lsum > 0 ? 1.f / Lsum : 0.f;
+      const std::int64_t obase = b * out_stride[0] + i * out_stride[1] + h * out_stride[2];
+      for (std::int64_t e = 0; e < p.d; ++e)
+        store_f32(out, out_dtype, obase + e * out_stride[3], acc[e] * inv);
+      if (lse != nullptr)
+        lse[b * lse_stride[0] + h * lse_stride[1] + i * lse_stride[2]] =
+            Lsum > 0 ? M + std::log(Lsum) : -std::numeric_limits<float>::infinity();
+    }
+  });
+}
+
+}  // namespace mha::detail

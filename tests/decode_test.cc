@@ -1,0 +1,407 @@
+// Flash decode against the forward kernel and the float64 oracle, on contiguous and paged caches of
+// every dtype; bitwise identities (batch, layout, threads); chunked prefill; the batching engine.
+#include "mha/decode.h"
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "check/case.h"
+#include "check/compare.h"
+#include "check/random.h"
+#include "mha/attention.h"
+#include "mha/errors.h"
+#include "mha/reference.h"
+#include "mha/runtime.h"
+
+namespace mha {
+namespace {
+
+using check::normal_vector;
+
+// A batch of sequences with their own lengths, K/V written into a cache, q for the new tokens.
+struct DecodeSetup {
+  KvCacheConfig config;
+  std::int64_t hq, nq;
+  std::vector<std::int64_t> lengths;
+  std::uint64_t seed = 1;
+};
+
+struct Built {
+  std::unique_ptr<KvCache> cache;
+  std::vector<std::int32_t> seqs;
+  std::vector<std::vector<float>> k, v;  // per sequence [L, Hkv, D] f32 as written
+  std::vector<float> q;                  // [B, nq, hq, D]
+};
+
+Built build(const DecodeSetup& s) {
+  Built b;
+  b.cache = std::make_unique<KvCache>(s.config);
+  const std::int64_t hkv = s.config.kv_heads, d = s.config.head_dim;
+  for (std::size_t i = 0; i < s.lengths.size(); ++i) {
+    const std::int64_t L = s.lengths[i];
+    b.k.push_back(normal_vector(std::size_t(L * hkv * d), s.seed * 100 + i));
+    b.v.push_back(normal_vector(std::size_t(L * hkv * d), s.seed * 100 + 50 + i));
+    b.seqs.push_back(b.cache->add_sequence());
+  }
+  // Written in an interleaved order, so paged sequences get scattered blocks.
+  for (std::size_t i = 0; i < s.lengths.size(); ++i) {
+    const std::int64_t L = s.lengths[i], half = L / 2;
+    auto part = [&](std::vector<float>& x, std::int64_t t0, std::int64_t t1) {
+      return Tensor::contiguous(x.data() + t0 * hkv * d, DType::f32, {1, t1 - t0, hkv, d});
+    };
+    const std::int32_t zero = 0;
+    b.cache->write({&b.seqs[i], 1}, {&zero, 1}, part(b.k[i], 0, half), part(b.v[i], 0, half));
+  }
+  for (std::size_t i = 0; i < s.lengths.size(); ++i) {
+    const std::int64_t L = s.lengths[i], half = L / 2;
+    auto part = [&](std::vector<float>& x) {
+      return Tensor::contiguous(x.data() + half * hkv * d, DType::f32, {1, L - half, hkv, d});
+    };
+    const std::int32_t pos = std::int32_t(half);
+    b.cache->write({&b.seqs[i], 1}, {&pos, 1}, part(b.k[i]), part(b.v[i]));
+  }
+  b.q = normal_vector(std::size_t(std::int64_t(s.lengths.size()) * s.nq * s.hq * d), s.seed + 7);
+  return b;
+}
+
+std::vector<float> run_decode(const DecodeSetup& s, Built& b) {
+  const std::int64_t B = std::int64_t(s.lengths.size()), d = s.config.head_dim;
+  std::vector<float> out(b.q.size(), 99.f);
+  decode_attention(Tensor::bshd(b.q.data(), DType::f32, B, s.nq, s.hq, d), *b.cache, b.seqs, {},
+                   Tensor::bshd(out.data(), DType::f32, B, s.nq, s.hq, d));
+  return out;
+}
+
+// The forward kernel and the oracle on what the cache holds (read back: exact for f32/f16/bf16,
+// the dequantized values for int8), one sequence at a time: Nq queries at the end, causal.
+struct Expected {
+  std::vector<float> forward;
+  std::vector<double> oracle;
+};
+
+Expected expected(const DecodeSetup& s, Built& b) {
+  Expected e;
+  const std::int64_t hkv = s.config.kv_heads, d = s.config.head_dim;
+  for (std::size_t i = 0; i < s.lengths.size(); ++i) {
+    const std::int64_t L = s.lengths[i];
+    std::vector<float> k(std::size_t(L * hkv * d)), v(k.size()), out(std::size_t(s.nq * s.hq * d));
+    b.cache->read(b.seqs[i], 0, L, k.data(), v.data());
+    const Tensor qt =
+        Tensor::bshd(b.q.data() + std::int64_t(i) * s.nq * s.hq * d, DType::f32, 1, s.nq, s.hq, d);
+    const Tensor kt = Tensor::bshd(k.data(), DType::f32, 1, L, hkv, d),
+                 vt = Tensor::bshd(v.data(), DType::f32, 1, L, hkv, d);
+    attention(qt, kt, vt, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, d), {.causal = true});
+    e.forward.insert(e.forward.end(), out.begin(), out.end());
+    const auto r = reference::attention_f64(qt, kt, vt, {.causal = true});
+    e.oracle.insert(e.oracle.end(), r.out.begin(), r.out.end());
+  }
+  return e;
+}
+
+void expect_matches(const DecodeSetup& s, const std::vector<float>& got, const Expected& e,
+                    const std::string& what) {
+  const auto a = check::compare(std::span<const float>(got), e.oracle);
+  const auto f = check::compare(std::span<const float>(e.forward), e.oracle);
+  EXPECT_LE(a.max_err, 2 * f.max_err + 1e-6 * a.max_ref)
+      << what << ": decode " << a.max_err << ", forward " << f.max_err;
+  EXPECT_GE(a.pcc, 0.99999) << what;
+  (void)s;
+}
+
+struct DecodeCase {
+  const char* name;
+  std::int64_t hq, hkv, d, nq;
+  std::vector<std::int64_t> lengths;
+};
+
+class DecodeTest : public ::testing::TestWithParam<DecodeCase> {};
+
+TEST_P(DecodeTest, MatchesTheForwardKernelOnEveryLayoutDtypeAndIsa) {
+  const DecodeCase& c = GetParam();
+  std::int64_t longest = 0;
+  for (std::int64_t L : c.lengths) longest = std::max(longest, L);
+  for (CacheDType dt : {CacheDType::f32, CacheDType::f16, CacheDType::bf16, CacheDType::int8}) {
+    std::vector<float> contiguous_out;
+    for (std::int64_t block : {0, 1, 16, 64}) {
+      const DecodeSetup s{{.kv_heads = c.hkv,
+                           .head_dim = c.d,
+                           .dtype = dt,
+                           .max_seqs = std::int64_t(c.lengths.size()),
+                           .max_seq_len = longest + 3,
+                           .block_size = block},
+                          c.hq,
+                          c.nq,
+                          c.lengths};
+      Built b = build(s);
+      const Expected e = expected(s, b);
+      for (Isa isa : supported_isas()) {
+        check::ScopedIsa scoped(isa);
+        const std::vector<float> out = run_decode(s, b);
+        const std::string what = fmt::format("{} block {} isa {}", to_string(dt), block, to_string(isa));
+        expect_matches(s, out, e, what);
+        if (isa != active_isa()) continue;
+      }
+      // Paged equals contiguous, bit for bit (on the default ISA).
+      const std::vector<float> out = run_decode(s, b);
+      if (block == 0)
+        contiguous_out = out;
+      else
+        EXPECT_EQ(out, contiguous_out) << to_string(dt) << " block " << block;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, DecodeTest,
+                         ::testing::Values(DecodeCase{"mha", 4, 4, 64, 1, {1, 300, 37}},
+                                           DecodeCase{"gqa4", 8, 2, 128, 1, {600, 5, 256, 257}},
+                                           DecodeCase{"mqa32", 32, 1, 64, 1, {513, 2}},
+                                           DecodeCase{"speculative", 8, 2, 80, 3, {3, 100, 520}},
+                                           DecodeCase{"odd_head_dim", 6, 3, 7, 2, {2, 45}},
+                                           DecodeCase{"head_dim_1", 2, 1, 1, 1, {9}},
+                                           DecodeCase{"head_dim_256", 4, 1, 256, 1, {290}}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+TEST(Decode, BatchedStepEqualsPerSequenceStepsAndAnyThreadCount) {
+  const DecodeSetup s{{.kv_heads = 2,
+                       .head_dim = 64,
+                       .dtype = CacheDType::bf16,
+                       .max_seqs = 4,
+                       .max_seq_len = 2000,
+                       .block_size = 16},
+                      8,
+                      2,
+                      {1500, 3, 700, 256}};
+  Built b = build(s);
+  const std::vector<float> batched = run_decode(s, b);
+  const std::int64_t per = s.nq * s.hq * 64;
+  for (std::size_t i = 0; i < s.lengths.size(); ++i) {
+    std::vector<float> out(static_cast<std::size_t>(per));
+    decode_attention(Tensor::bshd(b.q.data() + std::int64_t(i) * per, DType::f32, 1, s.nq, s.hq, 64),
+                     *b.cache, {&b.seqs[i], 1}, {}, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, 64));
+    EXPECT_TRUE(std::equal(out.begin(), out.end(), batched.begin() + std::int64_t(i) * per))
+        << "sequence " << i;
+  }
+  const int saved = num_threads();
+  for (int threads : {1, 3, 8}) {
+    set_num_threads(threads);
+    EXPECT_EQ(run_decode(s, b), batched) << threads << " threads";
+  }
+  set_num_threads(saved);
+}
+
+TEST(Decode, ExplicitCacheSeqlensSeeAPrefix) {
+  const DecodeSetup s{
+      {.kv_heads = 1, .head_dim = 32, .dtype = CacheDType::f32, .max_seqs = 1, .max_seq_len = 100},
+      4,
+      1,
+      {90}};
+  Built b = build(s);
+  std::vector<float> out(4 * 32), want(4 * 32);
+  const std::int32_t len = 40;
+  decode_attention(Tensor::bshd(b.q.data(), DType::f32, 1, 1, 4, 32), *b.cache, b.seqs, {&len, 1},
+                   Tensor::bshd(out.data(), DType::f32, 1, 1, 4, 32));
+  attention(Tensor::bshd(b.q.data(), DType::f32, 1, 1, 4, 32),
+            Tensor::bshd(b.k[0].data(), DType::f32, 1, 40, 1, 32),
+            Tensor::bshd(b.v[0].data(), DType::f32, 1, 40, 1, 32),
+            Tensor::bshd(want.data(), DType::f32, 1, 1, 4, 32));
+  const auto a = check::compare(std::span<const float>(out), std::span<const float>(want));
+  EXPECT_LT(a.max_err, 1e-5);
+}
+
+TEST(Decode, LseAndLowPrecisionOutput) {
+  const DecodeSetup s{
+      {.kv_heads = 2, .head_dim = 64, .dtype = CacheDType::f16, .max_seqs = 2, .max_seq_len = 400},
+      4,
+      1,
+      {300, 17}};
+  Built b = build(s);
+  std::vector<std::uint16_t> qb(b.q.size()), ob(b.q.size());
+  for (std::size_t i = 0; i < qb.size(); ++i) {
+    std::uint32_t u;
+    std::memcpy(&u, &b.q[i], 4);
+    qb[i] = std::uint16_t(u >> 16);  // bf16 by truncation: the exact value the kernel sees
+  }
+  std::vector<float> lse(2 * 4), of(b.q.size());
+  const Tensor lt = Tensor::contiguous(lse.data(), DType::f32, {2, 4, 1});
+  decode_attention(Tensor::bshd(qb.data(), DType::bf16, 2, 1, 4, 64), *b.cache, b.seqs, {},
+                   Tensor::bshd(ob.data(), DType::bf16, 2, 1, 4, 64), {}, &lt);
+  decode_attention(Tensor::bshd(qb.data(), DType::bf16, 2, 1, 4, 64), *b.cache, b.seqs, {},
+                   Tensor::bshd(of.data(), DType::f32, 2, 1, 4, 64));
+  for (std::size_t i = 0; i < of.size(); ++i) {
+    std::uint32_t u = std::uint32_t(ob[i]) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    EXPECT_NEAR(f, of[i], std::fabs(of[i]) / 128 + 1e-30) << i;
+  }
+  // lse against the oracle's, on the first sequence (q as the f32 values of its bf16).
+  std::vector<float> k(300 * 2 * 64), v(k.size()), qf(4 * 64);
+  b.cache->read(b.seqs[0], 0, 300, k.data(), v.data());
+  for (std::size_t i = 0; i < qf.size(); ++i) {
+    std::uint32_t u = std::uint32_t(qb[i]) << 16;
+    std::memcpy(&qf[i], &u, 4);
+  }
+  const auto r32 = reference::attention_f64(Tensor::bshd(qf.data(), DType::f32, 1, 1, 4, 64),
+                                            Tensor::bshd(k.data(), DType::f32, 1, 300, 2, 64),
+                                            Tensor::bshd(v.data(), DType::f32, 1, 300, 2, 64));
+  for (int h = 0; h < 4; ++h) EXPECT_NEAR(lse[std::size_t(h)], r32.lse[std::size_t(h)], 1e-4) << h;
+}
+
+TEST(Decode, Int8CacheErrorStaysWithinItsDocumentedBound) {
+  const DecodeSetup s{{.kv_heads = 2,
+                       .head_dim = 128,
+                       .dtype = CacheDType::int8,
+                       .max_seqs = 1,
+                       .max_seq_len = 600,
+                       .block_size = 32},
+                      8,
+                      1,
+                      {600}};
+  Built b = build(s);
+  std::vector<float> k(600 * 2 * 128), v(k.size());
+  b.cache->read(b.seqs[0], 0, 600, k.data(), v.data());
+  for (std::int64_t row = 0; row < 600 * 2; ++row) {
+    for (const auto* pair : {&b.k[0], &b.v[0]}) {
+      const float* x = pair->data() + row * 128;
+      const float* y = (pair == &b.k[0] ? k.data() : v.data()) + row * 128;
+      float amax = 0;
+      for (int e = 0; e < 128; ++e) amax = std::max(amax, std::fabs(x[e]));
+      for (int e = 0; e < 128; ++e)
+        ASSERT_LE(std::fabs(x[e] - y[e]), amax / 254 * (1 + 1e-5f)) << row << " " << e;
+    }
+  }
+  // The attention output against the oracle on the original f32 data.
+  const std::vector<float> out = run_decode(s, b);
+  const auto r = reference::attention_f64(Tensor::bshd(b.q.data(), DType::f32, 1, 1, 8, 128),
+                                          Tensor::bshd(b.k[0].data(), DType::f32, 1, 600, 2, 128),
+                                          Tensor::bshd(b.v[0].data(), DType::f32, 1, 600, 2, 128));
+  const auto a = check::compare(std::span<const float>(out), r.out);
+  EXPECT_GE(a.pcc, 0.999);
+  EXPECT_LT(a.max_err, 0.02);
+}
+
+TEST(Decode, BadArgumentsAreTypedErrorsAndWriteNothing) {
+  const DecodeSetup s{
+      {.kv_heads = 2, .head_dim = 32, .dtype = CacheDType::bf16, .max_seqs = 3, .max_seq_len = 50},
+      4,
+      1,
+      {10, 20}};
+  Built b = build(s);
+  std::vector<float> out(2 * 4 * 32, 42.f);
+  const Tensor q = Tensor::bshd(b.q.data(), DType::f32, 2, 1, 4, 32),
+               o = Tensor::bshd(out.data(), DType::f32, 2, 1, 4, 32);
+  auto expect = [&](auto f, const char* argument) {
+    try {
+      f();
+      ADD_FAILURE() << "no error for " << argument;
+    } catch (const Error& e) {
+      EXPECT_EQ(e.argument(), argument) << e.what();
+    }
+  };
+  std::vector<float> q3(2 * 3 * 32);
+  expect([&] { decode_attention(Tensor::bshd(q3.data(), DType::f32, 2, 1, 3, 32), *b.cache, b.seqs, {}, o); },
+         "q");
+  std::vector<float> qd(2 * 4 * 16);
+  expect([&] { decode_attention(Tensor::bshd(qd.data(), DType::f32, 2, 1, 4, 16), *b.cache, b.seqs, {}, o); },
+         "q");
+  expect([&] { decode_attention(q, *b.cache, {b.seqs.data(), 1}, {}, o); }, "seqs");
+  const std::int32_t bad_seqs[2] = {0, 2};
+  expect([&] { decode_attention(q, *b.cache, bad_seqs, {}, o); }, "seqs");
+  const std::int32_t long_lens[2] = {10, 21}, zero_lens[2] = {0, 5};
+  expect([&] { decode_attention(q, *b.cache, b.seqs, long_lens, o); }, "cache_seqlens");
+  expect([&] { decode_attention(q, *b.cache, b.seqs, zero_lens, o); }, "cache_seqlens");
+  std::vector<std::uint16_t> oh(out.size());
+  expect([&] { decode_attention(q, *b.cache, b.seqs, {}, Tensor::bshd(oh.data(), DType::f16, 2, 1, 4, 32)); },
+         "out");
+  expect([&] { decode_attention(q, *b.cache, b.seqs, {}, q); }, "out");
+  for (float x : out) ASSERT_EQ(x, 42.f);
+}
+
+TEST(Prefill, ChunksMatchOneForwardPassOverThePrompt) {
+  for (std::int64_t block : {0, 16}) {
+    for (CacheDType dt : {CacheDType::f32, CacheDType::int8}) {
+      const std::int64_t n = 150, hkv = 2, hq = 4, d = 32;
+      KvCache cache({.kv_heads = hkv,
+                     .head_dim = d,
+                     .dtype = dt,
+                     .max_seqs = 1,
+                     .max_seq_len = 200,
+                     .block_size = block});
+      const std::int32_t seq = cache.add_sequence();
+      std::vector<float> q = normal_vector(n * hq * d, 1), k = normal_vector(n * hkv * d, 2),
+                         v = normal_vector(n * hkv * d, 3);
+      std::vector<float> chunked(q.size()), whole(q.size());
+      for (std::int64_t t0 = 0; t0 < n; t0 += 64) {
+        const std::int64_t t1 = std::min(n, t0 + 64);
+        const std::int32_t pos = std::int32_t(t0);
+        cache.write({&seq, 1}, {&pos, 1},
+                    Tensor::contiguous(k.data() + t0 * hkv * d, DType::f32, {1, t1 - t0, hkv, d}),
+                    Tensor::contiguous(v.data() + t0 * hkv * d, DType::f32, {1, t1 - t0, hkv, d}));
+        prefill_attention(Tensor::contiguous(q.data() + t0 * hq * d, DType::f32, {t1 - t0, hq, d}), cache,
+                          seq,
+                          Tensor::contiguous(chunked.data() + t0 * hq * d, DType::f32, {t1 - t0, hq, d}));
+      }
+      std::vector<float> kr(k.size()), vr(v.size());
+      cache.read(seq, 0, n, kr.data(), vr.data());
+      attention(Tensor::bshd(q.data(), DType::f32, 1, n, hq, d),
+                Tensor::bshd(kr.data(), DType::f32, 1, n, hkv, d),
+                Tensor::bshd(vr.data(), DType::f32, 1, n, hkv, d),
+                Tensor::bshd(whole.data(), DType::f32, 1, n, hq, d), {.causal = true});
+      const auto a = check::compare(std::span<const float>(chunked), std::span<const float>(whole));
+      EXPECT_LT(a.max_err, 1e-5) << "block " << block << " " << to_string(dt);
+    }
+  }
+}
+
+TEST(Engine, StepsEqualDecodeAndFreedBlocksAreReused) {
+  const std::int64_t hkv = 2, hq = 8, d = 32;
+  DecodeEngine engine({.kv_heads = hkv,
+                       .head_dim = d,
+                       .dtype = CacheDType::bf16,
+                       .max_seqs = 3,
+                       .max_seq_len = 256,
+                       .block_size = 16,
+                       .num_blocks = 20},
+                      hq);
+  auto admit = [&](std::int64_t n, std::uint64_t seed) {
+    std::vector<float> q = normal_vector(n * hq * d, seed), k = normal_vector(n * hkv * d, seed + 1),
+                       v = normal_vector(n * hkv * d, seed + 2), out(q.size());
+    return engine.admit(Tensor::contiguous(q.data(), DType::f32, {n, hq, d}),
+                        Tensor::contiguous(k.data(), DType::f32, {n, hkv, d}),
+                        Tensor::contiguous(v.data(), DType::f32, {n, hkv, d}),
+                        Tensor::contiguous(out.data(), DType::f32, {n, hq, d}), 32);
+  };
+  const std::int32_t a = admit(100, 1), b = admit(33, 2);
+  EXPECT_EQ(engine.cache().free_blocks(), 20 - 7 - 3);
+  for (int step = 0; step < 5; ++step) {
+    const std::int64_t A = std::int64_t(engine.active().size());
+    std::vector<float> q = normal_vector(A * hq * d, 10 + step), k = normal_vector(A * hkv * d, 20 + step),
+                       v = normal_vector(A * hkv * d, 30 + step), out(q.size()), want(q.size());
+    engine.step(
+        Tensor::bshd(q.data(), DType::f32, A, 1, hq, d), Tensor::bshd(k.data(), DType::f32, A, 1, hkv, d),
+        Tensor::bshd(v.data(), DType::f32, A, 1, hkv, d), Tensor::bshd(out.data(), DType::f32, A, 1, hq, d));
+    decode_attention(Tensor::bshd(q.data(), DType::f32, A, 1, hq, d), engine.cache(), engine.active(), {},
+                     Tensor::bshd(want.data(), DType::f32, A, 1, hq, d));
+    EXPECT_EQ(out, want) << "step " << step;
+  }
+  EXPECT_EQ(engine.cache().length(a), 105);
+  const std::vector<std::int32_t> a_blocks(engine.cache().block_table(a).begin(),
+                                           engine.cache().block_table(a).begin() + 7);
+  engine.retire(a);
+  EXPECT_EQ(engine.active().size(), 1u);
+  EXPECT_EQ(engine.active()[0], b);
+  const std::int32_t c = admit(40, 3);  // takes a's freed blocks, first block first
+  EXPECT_EQ(c, a);                      // and its slot
+  EXPECT_EQ(engine.cache().block_table(c)[0], a_blocks[0]);
+  EXPECT_EQ(engine.cache().block_table(c)[2], a_blocks[2]);
+  // A prompt larger than the free pool is refused and changes nothing.
+  const std::int64_t free_before = engine.cache().free_blocks();
+  EXPECT_THROW(admit(250, 4), CapacityExceeded);
+  EXPECT_EQ(engine.cache().free_blocks(), free_before);
+  EXPECT_EQ(engine.active().size(), 2u);
+}
+
+}  // namespace
+}  // namespace mha
