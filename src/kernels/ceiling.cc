@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "mha/errors.h"
+#include "runtime/aligned_buffer.h"
 #include "runtime/thread_pool.h"
 
 namespace mha::detail {
@@ -49,7 +50,48 @@ double run_once(Loop loop, std::int64_t iters) {
   return total / *std::max_element(seconds.begin(), seconds.end()) * 1e-9;
 }
 
+using ReadLoop = float (*)(const float*, std::int64_t);
+
+ReadLoop read_loop(Isa isa) {
+  switch (isa) {
+    case Isa::avx512bf16:
+    case Isa::avx512: return &avx512::read_loop;
+    case Isa::avx2: return &avx2::read_loop;
+    case Isa::generic: break;
+  }
+  return &generic::read_loop;
+}
+
 }  // namespace
+
+double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes, int runs) {
+  const ReadLoop loop = read_loop(isa);
+  ThreadPool& pool = global_pool();
+  const int n = pool.size();
+  // Slices are whole multiples of 64 floats, so every thread's loop runs full vectors.
+  const std::int64_t slice = std::int64_t(bytes / sizeof(float)) / n / 64 * 64;
+  AlignedBuffer buffer(std::size_t(slice * n));
+  pool.parallel_for(n, [&](std::int64_t i) {  // touch every page from the thread that reads it
+    std::fill(buffer.data() + i * slice, buffer.data() + (i + 1) * slice, 1.0f);
+  });
+  double best = 0;
+  for (int r = 0; r < runs; ++r) {
+    std::atomic<int> arrived{0};
+    std::vector<double> seconds(static_cast<std::size_t>(n));
+    std::atomic<float> sink{0};
+    pool.parallel_for(n, [&](std::int64_t i) {
+      arrived.fetch_add(1);
+      while (arrived.load() < n) {
+      }
+      const auto t0 = std::chrono::steady_clock::now();
+      sink.store(loop(buffer.data() + i * slice, slice), std::memory_order_relaxed);
+      seconds[std::size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    });
+    best = std::max(
+        best, double(slice * n) * sizeof(float) / *std::max_element(seconds.begin(), seconds.end()) * 1e-9);
+  }
+  return best;
+}
 
 double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds) {
   const Loop loop = peak_loop(isa, kind);

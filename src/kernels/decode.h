@@ -1,8 +1,8 @@
 // Contract of the flash-decode kernels: a few new query tokens per sequence against that sequence's
 // KV cache (contiguous or paged), one implementation per ISA behind one dispatch point.
 //
-// Work is split into items (sequence b, KV head g, a chunk of kDecodeChunk cache tokens). An item
-// computes, for all R = (Hq / Hkv) · Nq query rows that share KV head g, the softmax partials
+// Work is split into items (sequence b, a chunk of kDecodeChunk cache tokens). For every KV head g,
+// an item computes, for all R = (Hq / Hkv) · Nq query rows that share g, the softmax partials
 // (running max m, sum l, unnormalized output o) over its chunk, so each K/V byte is read once per
 // group, not once per query head. Partials are merged per (b, g) in chunk order. The chunk size is
 // a constant, so the split and the merge order never depend on the thread count, the batch or the
@@ -35,9 +35,10 @@ struct DecodeParams {
   float scale = 1;
 };
 
-// One item: keys [t0, t1) of batch entry b, KV head g. `partial` receives R rows of (m, l, o[d]).
+// One item: keys [t0, t1) of batch entry b, all KV heads. `partial` receives Hkv·R rows of
+// (m, l, o[d]), group by group.
 struct DecodeItem {
-  std::int64_t b, g, t0, t1;
+  std::int64_t b, t0, t1;
   float* partial;
 };
 

@@ -23,16 +23,16 @@ DecodeKernel decode_kernel(Isa isa) {
 }
 
 std::int64_t decode_scratch_floats(const DecodeParams& p) {
-  const std::int64_t R = p.hq / p.hkv * p.nq;
-  return R * (2 * p.d + kDecodeTile + 6) + 16;
+  const std::int64_t R = p.hq / p.hkv * p.nq, HR = p.hkv * R;
+  return HR * (2 * p.d + 5) + R * (kDecodeTile + 2) + 16;
 }
 
 void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,
                 const std::int64_t* out_stride, float* lse, const std::int64_t* lse_stride) {
-  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, part = R * (p.d + 2);
+  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, part = p.hkv * R * (p.d + 2);
   // Items and partials are kept per calling thread and reused: steady-state steps allocate nothing.
   thread_local std::vector<DecodeItem> caller_items;
-  thread_local std::vector<std::int64_t> caller_first;  // first item of each (b, g)
+  thread_local std::vector<std::int64_t> caller_first;  // first item of each sequence
   thread_local AlignedBuffer caller_partials;
   std::vector<DecodeItem>& items = caller_items;
   std::vector<std::int64_t>& first = caller_first;
@@ -40,15 +40,14 @@ void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out
   first.clear();
   std::int64_t chunks = 0;
   for (std::int64_t b = 0; b < p.batch; ++b) chunks += (p.seqlens[b] + kDecodeChunk - 1) / kDecodeChunk;
-  caller_partials.resize(std::size_t(std::max<std::int64_t>(1, chunks * p.hkv * part)));
+  caller_partials.resize(std::size_t(std::max<std::int64_t>(1, chunks * part)));
   float* partials = caller_partials.data();
-  for (std::int64_t b = 0; b < p.batch; ++b)
-    for (std::int64_t g = 0; g < p.hkv; ++g) {
-      first.push_back(std::int64_t(items.size()));
-      for (std::int64_t t0 = 0; t0 < p.seqlens[b]; t0 += kDecodeChunk)
-        items.push_back({b, g, t0, std::min(t0 + kDecodeChunk, std::int64_t(p.seqlens[b])),
-                         partials + std::int64_t(items.size()) * part});
-    }
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    first.push_back(std::int64_t(items.size()));
+    for (std::int64_t t0 = 0; t0 < p.seqlens[b]; t0 += kDecodeChunk)
+      items.push_back({b, t0, std::min(t0 + kDecodeChunk, std::int64_t(p.seqlens[b])),
+                       partials + std::int64_t(items.size()) * part});
+  }
   first.push_back(std::int64_t(items.size()));
 
   const std::size_t scratch_floats = std::size_t(decode_scratch_floats(p));
@@ -61,12 +60,12 @@ void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out
   // Merge each (b, g) group's chunks in chunk order: the same sums in the same order every time.
   global_pool().parallel_for(p.batch * p.hkv, [&](std::int64_t bg) {
     const std::int64_t b = bg / p.hkv, g = bg % p.hkv;
-    const std::int64_t i0 = first[std::size_t(bg)], i1 = first[std::size_t(bg) + 1];
+    const std::int64_t i0 = first[std::size_t(b)], i1 = first[std::size_t(b) + 1];
     thread_local std::vector<float> weight;
     weight.resize(std::size_t(i1 - i0));
     for (std::int64_t r = 0; r < R; ++r) {
       const std::int64_t i = r / G, h = g * G + r % G;
-      auto partial = [&](std::int64_t c) { return items[std::size_t(c)].partial + r * (p.d + 2); };
+      auto partial = [&](std::int64_t c) { return items[std::size_t(c)].partial + (g * R + r) * (p.d + 2); };
       float M = -std::numeric_limits<float>::infinity();
       for (std::int64_t c = i0; c < i1; ++c) M = std::max(M, partial(c)[0]);
       float Lsum = 0;

@@ -185,57 +185,92 @@ void softmax_tile(const Scratch& w, std::int64_t R, std::int64_t nt, const float
   }
 }
 
+// Pointers to the rows of tokens [t0, t0 + nt) of one sequence (paged or contiguous: one block).
+void token_rows(const DecodeParams& p, const std::int32_t* table, std::int64_t t0, std::int64_t nt,
+                std::size_t row_bytes, const std::uint8_t** krow, const std::uint8_t** vrow,
+                std::int64_t* rows) {
+  const std::int64_t rpb = p.rows_per_block;
+  std::int64_t blk = t0 / rpb, off = t0 % rpb;  // one division per tile, not per key
+  for (std::int64_t t = 0; t < nt; ++t) {
+    rows[t] = std::int64_t(table[blk]) * rpb + off;
+    krow[t] = static_cast<const std::uint8_t*>(p.k) + std::size_t(rows[t]) * row_bytes;
+    vrow[t] = static_cast<const std::uint8_t*>(p.v) + std::size_t(rows[t]) * row_bytes;
+    if (++off == rpb) {
+      off = 0;
+      ++blk;
+    }
+  }
+}
+
+// An item covers every KV head of its tokens, so it streams whole cache rows [Hkv·D] front to
+// back: per-head items would jump a full row between keys, a new 4 KB page each time for wide
+// rows, which the hardware prefetchers do not follow. The next tile is prefetched explicitly.
 template <int DT>
 void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
-  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, d = p.d;
-  Scratch w;
-  w.q = scratch;
-  w.s = w.q + R * d;
-  w.o = w.s + R * T;
-  w.m = w.o + R * d;
-  w.l = w.m + R;
-  w.alpha = w.l + R;
-  std::int64_t* limit = reinterpret_cast<std::int64_t*>(w.alpha + R + (R & 1));  // [R], 8-byte aligned
-  // Row r = i·G + j: query token i, head g·G + j. Token i sees keys [0, L − nq + i].
+  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, d = p.d, HR = p.hkv * R;
+  Scratch all;
+  all.q = scratch;
+  all.s = all.q + HR * d;
+  all.o = all.s + R * T;
+  all.m = all.o + HR * d;
+  all.l = all.m + HR;
+  all.alpha = all.l + HR;
+  std::int64_t* rel = reinterpret_cast<std::int64_t*>(all.alpha + HR + (HR & 1));  // [R]
+  // Row r of group g = i·G + j: query token i, head g·G + j. Token i sees keys [0, L − nq + i].
   const std::int64_t L = p.seqlens[it.b];
-  for (std::int64_t i = 0; i < p.nq; ++i)
-    for (std::int64_t j = 0; j < G; ++j) {
-      const std::int64_t r = i * G + j;
-      std::memcpy(w.q + r * d, p.q + ((it.b * p.nq + i) * p.hq + it.g * G + j) * d, std::size_t(d) * 4);
-      w.m[r] = kNegInf;
-      w.l[r] = 0;
-    }
-  std::fill(w.o, w.o + R * d, 0.f);
+  for (std::int64_t g = 0; g < p.hkv; ++g)
+    for (std::int64_t i = 0; i < p.nq; ++i)
+      for (std::int64_t j = 0; j < G; ++j) {
+        const std::int64_t r = g * R + i * G + j;
+        std::memcpy(all.q + r * d, p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d, std::size_t(d) * 4);
+        all.m[r] = kNegInf;
+        all.l[r] = 0;
+      }
+  std::fill(all.o, all.o + HR * d, 0.f);
 
   const std::int32_t* table = p.tables + std::int64_t(p.seqs[it.b]) * p.blocks_per_seq;
   const std::size_t row_bytes = std::size_t(p.hkv * d) * elem_bytes(DT),
-                    head_off = std::size_t(it.g * d) * elem_bytes(DT);
-  const void* krow[T];
-  const void* vrow[T];
+                    head_bytes = std::size_t(d) * elem_bytes(DT);
+  const std::uint8_t *kbase[T], *vbase[T], *knext[T], *vnext[T];
+  const void *krow[T], *vrow[T];
+  std::int64_t rows[T], next_rows[T];
   alignas(64) float kscale[T], vscale[T];
-  std::int64_t* rel = limit;  // per row, relative to the tile: keys at or past it are hidden
+  std::int64_t nt = std::min(T, it.t1 - it.t0);
+  token_rows(p, table, it.t0, nt, row_bytes, kbase, vbase, rows);
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
-    const std::int64_t nt = std::min(T, it.t1 - t0);
-    for (std::int64_t t = 0; t < nt; ++t) {
-      const std::int64_t pos = t0 + t;
-      const std::int64_t row =
-          std::int64_t(table[pos / p.rows_per_block]) * p.rows_per_block + pos % p.rows_per_block;
-      krow[t] = static_cast<const std::uint8_t*>(p.k) + std::size_t(row) * row_bytes + head_off;
-      vrow[t] = static_cast<const std::uint8_t*>(p.v) + std::size_t(row) * row_bytes + head_off;
-      kscale[t] = DT == kI8 ? p.k_scale[row * p.hkv + it.g] : 1.f;
-      vscale[t] = DT == kI8 ? p.v_scale[row * p.hkv + it.g] : 1.f;
+    const std::int64_t t_next = t0 + T, nt_next = std::max<std::int64_t>(0, std::min(T, it.t1 - t_next));
+    if (nt_next > 0) {
+      token_rows(p, table, t_next, nt_next, row_bytes, knext, vnext, next_rows);
+      for (std::int64_t t = 0; t < nt_next; ++t)
+        for (std::size_t b = 0; b < row_bytes; b += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(knext[t] + b), _MM_HINT_T1);
+          _mm_prefetch(reinterpret_cast<const char*>(vnext[t] + b), _MM_HINT_T1);
+        }
     }
-    for (std::int64_t t = nt; t < T; ++t) kscale[t] = vscale[t] = 0.f;
     for (std::int64_t r = 0; r < R; ++r) rel[r] = L - p.nq + r / G + 1 - t0;
-    for_row_blocks<DT, Scores>(R, &w, d, krow, nt);
-    softmax_tile(w, R, nt, kscale, vscale, p.scale, rel);
-    for_row_blocks<DT, Pv>(R, &w, d, vrow, nt);
+    for (std::int64_t g = 0; g < p.hkv; ++g) {
+      Scratch w{all.q + g * R * d, all.s, all.o + g * R * d, all.m + g * R, all.l + g * R, all.alpha + g * R};
+      for (std::int64_t t = 0; t < nt; ++t) {
+        krow[t] = kbase[t] + std::size_t(g) * head_bytes;
+        vrow[t] = vbase[t] + std::size_t(g) * head_bytes;
+        kscale[t] = DT == kI8 ? p.k_scale[rows[t] * p.hkv + g] : 1.f;
+        vscale[t] = DT == kI8 ? p.v_scale[rows[t] * p.hkv + g] : 1.f;
+      }
+      for (std::int64_t t = nt; t < T; ++t) kscale[t] = vscale[t] = 0.f;
+      for_row_blocks<DT, Scores>(R, &w, d, krow, nt);
+      softmax_tile(w, R, nt, kscale, vscale, p.scale, rel);
+      for_row_blocks<DT, Pv>(R, &w, d, vrow, nt);
+    }
+    std::copy(knext, knext + nt_next, kbase);
+    std::copy(vnext, vnext + nt_next, vbase);
+    std::copy(next_rows, next_rows + nt_next, rows);
+    nt = nt_next;
   }
-  for (std::int64_t r = 0; r < R; ++r) {
+  for (std::int64_t r = 0; r < HR; ++r) {
     float* out = it.partial + r * (d + 2);
-    out[0] = w.m[r];
-    out[1] = w.l[r];
-    std::memcpy(out + 2, w.o + r * d, std::size_t(d) * 4);
+    out[0] = all.m[r];
+    out[1] = all.l[r];
+    std::memcpy(out + 2, all.o + r * d, std::size_t(d) * 4);
   }
 }
 

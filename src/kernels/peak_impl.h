@@ -35,4 +35,19 @@ double peak_fma_loop(std::int64_t iters) {
   return double(iters) * ACC * Vec::N * 2;
 }
 
+// Streams n floats (n a multiple of 4·Vec::N) through vector loads with four independent sums, the
+// way a memory-bound kernel reads: returns the sum so the loads cannot be dropped.
+float read_loop(const float* p, std::int64_t n) {
+  Vec::T a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
+  for (std::int64_t i = 0; i < n; i += 4 * Vec::N) {
+    a0 = Vec::add(a0, Vec::load(p + i));
+    a1 = Vec::add(a1, Vec::load(p + i + Vec::N));
+    a2 = Vec::add(a2, Vec::load(p + i + 2 * Vec::N));
+    a3 = Vec::add(a3, Vec::load(p + i + 3 * Vec::N));
+  }
+  float lanes[Vec::N];
+  Vec::store(lanes, Vec::add(Vec::add(a0, a1), Vec::add(a2, a3)));
+  return lanes[0];
+}
+
 }  // namespace mha::detail::MHA_KERNEL_NS

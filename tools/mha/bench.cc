@@ -224,7 +224,11 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--min-time", args->min_time, "Seconds to spend timing each shape")
       ->check(CLI::Range(0.0, 600.0));
   cmd->add_option("--json", args->json, "Also write JSON records to this file");
-  cmd->callback([args] { run(*args); });
+  add_bench_decode(*cmd);
+  cmd->callback([cmd, args] {
+    if (!cmd->get_subcommands().empty()) return;  // `mha bench decode` ran instead
+    run(*args);
+  });
 }
 
 }  // namespace mha::cli

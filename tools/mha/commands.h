@@ -7,6 +7,8 @@ namespace mha::cli {
 
 void add_attend(CLI::App& app);
 void add_bench(CLI::App& app);
+// `mha bench decode`, under the bench subcommand.
+void add_bench_decode(CLI::App& bench);
 void add_check(CLI::App& app);
 void add_demo(CLI::App& app);
 // `mha demo self-attention` and `mha demo bert`, under the demo subcommand.

@@ -1,0 +1,219 @@
+// mha bench decode: flash decode against KV caches, in µs per step and GB/s of cache read, over the
+// machine's read-bandwidth ceiling measured in the same run.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "check/random.h"
+#include "commands.h"
+#include "kernels/ceiling.h"
+#include "mha/decode.h"
+#include "mha/errors.h"
+#include "mha/runtime.h"
+#include "report.h"
+
+namespace mha::cli {
+
+namespace {
+
+struct DecodeBenchArgs {
+  std::vector<std::int64_t> contexts{4096, 32768};
+  std::vector<std::string> heads{"32/8", "32/32", "32/1"};
+  std::vector<std::int64_t> batches{1, 8};
+  std::vector<std::string> kv_dtypes{"bf16", "int8"};
+  std::vector<std::string> layouts{"contiguous", "paged"};
+  std::int64_t head_dim = 128, block_size = 16, working_set_mib = 256;
+  double min_time = 0.3;
+  std::string json;
+};
+
+struct Shape {
+  std::int64_t context, hq, hkv, batch;
+  CacheDType dtype;
+  bool paged;
+};
+
+// Bytes a step reads: every visible K and V element once (and int8's scales).
+double step_bytes(const Shape& s, std::int64_t d) {
+  const double elem = s.dtype == CacheDType::f32 ? 4 : s.dtype == CacheDType::int8 ? 1 : 2;
+  const double per_token_head = 2 * (d * elem + (s.dtype == CacheDType::int8 ? 4 : 0));
+  return double(s.batch) * double(s.context) * double(s.hkv) * per_token_head;
+}
+
+// Caches of one shape, filled with random K/V. Enough copies ("layers", as in a model) that a pass
+// over them all exceeds the working set, so steps read from memory as in a real model, not from L3.
+struct Caches {
+  std::vector<std::unique_ptr<KvCache>> layers;
+  std::vector<std::int32_t> seqs;
+};
+
+Caches build(const Shape& s, const DecodeBenchArgs& a) {
+  const KvCacheConfig config{.kv_heads = s.hkv,
+                             .head_dim = a.head_dim,
+                             .dtype = s.dtype,
+                             .max_seqs = s.batch,
+                             .max_seq_len = s.context,
+                             .block_size = s.paged ? a.block_size : 0};
+  Caches c;
+  const double bytes = step_bytes(s, a.head_dim);
+  const std::int64_t layers =
+      std::clamp<std::int64_t>(std::int64_t(double(a.working_set_mib) * 1048576.0 / bytes) + 1, 1, 256);
+  // A chunk of random tokens, written over and over: values do not change the time.
+  const std::int64_t chunk = 256, row = s.hkv * a.head_dim;
+  const std::vector<float> rnd = check::normal_vector(std::size_t(s.batch * chunk * row), 7);
+  for (std::int64_t l = 0; l < layers; ++l) {
+    auto cache = std::make_unique<KvCache>(config);
+    c.seqs.clear();
+    for (std::int64_t b = 0; b < s.batch; ++b) c.seqs.push_back(cache->add_sequence());
+    // Chunks go round-robin over the batch, so a paged cache's sequences get interleaved blocks.
+    for (std::int64_t t0 = 0; t0 < s.context; t0 += chunk) {
+      const std::int64_t n = std::min(chunk, s.context - t0);
+      const std::vector<std::int32_t> pos(std::size_t(s.batch), std::int32_t(t0));
+      const Tensor src =
+          Tensor::contiguous(const_cast<float*>(rnd.data()), DType::f32, {s.batch, n, s.hkv, a.head_dim});
+      Tensor strided = src;
+      strided.strides = {chunk * row, row, a.head_dim, 1};
+      cache->write(c.seqs, pos, strided, strided);
+    }
+    c.layers.push_back(std::move(cache));
+  }
+  return c;
+}
+
+// Median µs of one decode step (one new token per sequence), cycling over the layers.
+double time_step(const Shape& s, Caches& c, const DecodeBenchArgs& a) {
+  const std::vector<float> q = check::normal_vector(std::size_t(s.batch * s.hq * a.head_dim), 3);
+  std::vector<float> out(q.size());
+  const Tensor qt = Tensor::bshd(const_cast<float*>(q.data()), DType::f32, s.batch, 1, s.hq, a.head_dim);
+  const Tensor ot = Tensor::bshd(out.data(), DType::f32, s.batch, 1, s.hq, a.head_dim);
+  std::size_t layer = 0;
+  const double ms = time_ms(
+      [&] {
+        decode_attention(qt, *c.layers[layer], c.seqs, {}, ot);
+        layer = (layer + 1) % c.layers.size();
+      },
+      a.min_time);
+  return ms * 1000;
+}
+
+void run(const DecodeBenchArgs& a) {
+  std::vector<Shape> shapes;
+  for (std::int64_t ctx : a.contexts)
+    for (const std::string& h : a.heads) {
+      const auto slash = h.find('/');
+      if (slash == std::string::npos)
+        throw InvalidArgument("--heads", fmt::format("--heads '{}', expected HQ/HKV", h));
+      const std::int64_t hq = std::stoll(h.substr(0, slash)), hkv = std::stoll(h.substr(slash + 1));
+      for (std::int64_t b : a.batches)
+        for (const std::string& dt : a.kv_dtypes)
+          for (const std::string& layout : a.layouts) {
+            if (layout != "contiguous" && layout != "paged")
+              throw InvalidArgument("--layout",
+                                    fmt::format("--layout '{}', expected contiguous or paged", layout));
+            shapes.push_back({ctx, hq, hkv, b, parse_cache_dtype(dt, "--kv-dtype"), layout == "paged"});
+          }
+    }
+  const Isa isa = active_isa();
+  double ceiling = detail::measure_read_bandwidth_gbps(isa);
+  fmt::print("## Flash decode (ISA {}, {} threads, head dim {}, one new token per sequence)\n\n",
+             to_string(isa), num_threads(), a.head_dim);
+  Table table({"context", "heads (q/kv)", "batch", "kv dtype", "layout", "µs/step", "GB/s", "ceiling GB/s",
+               "fraction"});
+  struct Row {
+    Shape s;
+    double us, gbps;
+  };
+  std::vector<Row> rows;
+  for (const Shape& s : shapes) {
+    Caches c = build(s, a);
+    const double us = time_step(s, c, a);
+    rows.push_back({s, us, step_bytes(s, a.head_dim) / us * 1e-3});
+  }
+  ceiling = std::max(ceiling, detail::measure_read_bandwidth_gbps(isa));
+  nlohmann::json records = nlohmann::json::array();
+  for (const Row& r : rows) {
+    const Shape& s = r.s;
+    const std::string name = fmt::format("ctx{}_h{}_{}_b{}_{}_{}", s.context, s.hq, s.hkv, s.batch,
+                                         to_string(s.dtype), s.paged ? "paged" : "contiguous");
+    table.add({std::to_string(s.context), fmt::format("{}/{}", s.hq, s.hkv), std::to_string(s.batch),
+               std::string(to_string(s.dtype)),
+               s.paged ? fmt::format("paged/{}", a.block_size) : "contiguous", fmt::format("{:.1f}", r.us),
+               fmt::format("{:.1f}", r.gbps), fmt::format("{:.1f}", ceiling),
+               fmt::format("{:.1f}%", 100 * r.gbps / ceiling)});
+    records.push_back({{"name", name},
+                       {"b", s.batch},
+                       {"hq", s.hq},
+                       {"hkv", s.hkv},
+                       {"context", s.context},
+                       {"d", a.head_dim},
+                       {"kv_dtype", to_string(s.dtype)},
+                       {"layout", s.paged ? "paged" : "contiguous"},
+                       {"block_size", s.paged ? a.block_size : 0},
+                       {"isa", to_string(isa)},
+                       {"threads", num_threads()},
+                       {"us", r.us},
+                       {"gbps", r.gbps},
+                       {"ceiling_gbps", ceiling},
+                       {"fraction_of_ceiling", r.gbps / ceiling}});
+  }
+  table.print();
+  fmt::print(
+      "\nGB/s counts each visible K/V byte once per step (int8: with its scales). The ceiling is the best\n"
+      "streaming read of a 512 MiB buffer on all threads, measured before and after the shapes. Steps cycle "
+      "over\n"
+      "copies of the cache (layers) totalling at least {} MiB, so they read from memory, not from L3.\n",
+      a.working_set_mib);
+  // The comparisons: GQA against plain MHA, paged against contiguous.
+  auto find = [&](const Shape& want) -> const Row* {
+    for (const Row& r : rows)
+      if (r.s.context == want.context && r.s.hq == want.hq && r.s.hkv == want.hkv &&
+          r.s.batch == want.batch && r.s.dtype == want.dtype && r.s.paged == want.paged)
+        return &r;
+    return nullptr;
+  };
+  for (const Row& r : rows) {
+    if (r.s.hkv == r.s.hq || r.s.paged) continue;
+    Shape mha_shape = r.s;
+    mha_shape.hkv = r.s.hq;
+    if (const Row* m = find(mha_shape))
+      fmt::print("GQA {}/{} vs {}/{} (context {}, batch {}, {}): {:.2f}× faster\n", r.s.hq, r.s.hkv, r.s.hq,
+                 r.s.hq, r.s.context, r.s.batch, to_string(r.s.dtype), m->us / r.us);
+  }
+  for (const Row& r : rows) {
+    if (!r.s.paged) continue;
+    Shape c = r.s;
+    c.paged = false;
+    if (const Row* m = find(c))
+      fmt::print("paged vs contiguous (context {}, {}/{}, batch {}, {}): {:+.1f}% time\n", r.s.context,
+                 r.s.hq, r.s.hkv, r.s.batch, to_string(r.s.dtype), 100 * (r.us / m->us - 1));
+  }
+  if (!a.json.empty()) write_json_file(a.json, records.dump(2));
+}
+
+}  // namespace
+
+void add_bench_decode(CLI::App& bench) {
+  auto a = std::make_shared<DecodeBenchArgs>();
+  CLI::App* cmd =
+      bench.add_subcommand("decode", "Flash decode against KV caches: µs per step, GB/s vs the ceiling");
+  cmd->add_option("--context", a->contexts, "Cache tokens per sequence (repeatable)")
+      ->check(CLI::Range(1, 1 << 24));
+  cmd->add_option("--heads", a->heads, "Query/KV heads as HQ/HKV (repeatable)");
+  cmd->add_option("--batch", a->batches, "Sequences per step (repeatable)")->check(CLI::Range(1, 4096));
+  cmd->add_option("--kv-dtype", a->kv_dtypes, "Cache dtype: f32, f16, bf16 or int8 (repeatable)");
+  cmd->add_option("--layout", a->layouts, "contiguous or paged (repeatable)");
+  cmd->add_option("--head-dim", a->head_dim, "Head dim")->check(CLI::Range(1, 256));
+  cmd->add_option("--block-size", a->block_size, "Paged block size (power of two)")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--working-set", a->working_set_mib, "MiB of cache copies cycled through (beyond L3)")
+      ->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--min-time", a->min_time, "Seconds to spend timing each shape")
+      ->check(CLI::Range(0.0, 600.0));
+  cmd->add_option("--json", a->json, "Also write JSON records to this file");
+  cmd->callback([a] { run(*a); });
+}
+
+}  // namespace mha::cli
