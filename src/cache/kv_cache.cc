@@ -7,6 +7,10 @@
 #include <cstdlib>
 #include <cstring>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "api/validate.h"
 #include "mha/attention.h"
 #include "mha/errors.h"
@@ -27,9 +31,17 @@ std::size_t element_bytes(CacheDType t) {
   return 4;
 }
 
+// Large caches are 2 MiB aligned and asked for transparent huge pages: a decode step walks the
+// whole cache, and with 4 KiB pages every few rows cost a TLB miss.
 std::uint8_t* allocate(std::size_t bytes) {
-  void* p = std::aligned_alloc(64, std::max<std::size_t>(64, (bytes + 63) / 64 * 64));
+  constexpr std::size_t kHuge = std::size_t(2) << 20;
+  const std::size_t align = bytes >= kHuge ? kHuge : 64;
+  const std::size_t size = std::max(align, (bytes + align - 1) / align * align);
+  void* p = std::aligned_alloc(align, size);
   if (p == nullptr) throw CapacityExceeded("config", fmt::format("KvCache: cannot allocate {} bytes", bytes));
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  if (align == kHuge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
   return static_cast<std::uint8_t*>(p);
 }
 

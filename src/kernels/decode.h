@@ -17,7 +17,7 @@
 namespace mha::detail {
 
 inline constexpr std::int64_t kDecodeChunk = 256;  // cache tokens per item
-inline constexpr std::int64_t kDecodeTile = 16;    // keys per inner tile
+inline constexpr std::int64_t kDecodeTile = 32;    // keys per inner tile
 
 // Plain data only (included by the per-ISA translation units).
 struct DecodeParams {
@@ -44,6 +44,12 @@ struct DecodeItem {
 
 // Floats of scratch an item needs (64-byte aligned): q rows, scores, probabilities, O and row state.
 std::int64_t decode_scratch_floats(const DecodeParams& p);
+// Where in the scratch the kernels stage a tile's V rows (kDecodeTile rows of hkv·d elements of at
+// most 4 bytes, 64-byte aligned), after q, scores, O and the row state.
+inline std::int64_t stage_offset(const DecodeParams& p) {
+  const std::int64_t HR = p.hq * p.nq;
+  return (HR * (2 * p.d + kDecodeTile + 5) + 2 + 15) / 16 * 16;
+}
 
 using DecodeKernel = void (*)(const DecodeParams& p, const DecodeItem& item, float* scratch);
 

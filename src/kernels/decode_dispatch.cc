@@ -23,8 +23,7 @@ DecodeKernel decode_kernel(Isa isa) {
 }
 
 std::int64_t decode_scratch_floats(const DecodeParams& p) {
-  const std::int64_t R = p.hq / p.hkv * p.nq, HR = p.hkv * R;
-  return HR * (2 * p.d + 5) + R * (kDecodeTile + 2) + 16;
+  return stage_offset(p) + kDecodeTile * p.hkv * p.d;
 }
 
 void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,
