@@ -276,5 +276,48 @@ TEST(Cli, LayerDemosPrintTablesAndJson) {
   EXPECT_EQ(r.status, 2) << r.output;
 }
 
+TEST(Cli, BenchDecodeWritesRecordsAgainstTheSameRunCeiling) {
+  TempDir dir;
+  const Result r = run_cli(
+      "--threads 2 bench decode --context 300 --heads 8/2 --heads 8/8 --batch 2 --kv-dtype bf16 --kv-dtype "
+      "int8 "
+      "--layout contiguous --layout paged --head-dim 64 --working-set 4 --min-time 0.01 --json " +
+      dir.file("d.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("GQA 8/2 vs 8/8"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("paged vs contiguous"), std::string::npos) << r.output;
+  const nlohmann::json records = nlohmann::json::parse(std::ifstream(dir.file("d.json")));
+  ASSERT_EQ(records.size(), 8u);
+  for (const nlohmann::json& rec : records) {
+    for (const char* key : {"name", "b", "hq", "hkv", "context", "d", "kv_dtype", "layout", "isa", "threads",
+                            "us", "gbps", "ceiling_gbps", "fraction_of_ceiling"})
+      EXPECT_TRUE(rec.contains(key)) << key;
+    EXPECT_GT(rec["us"].get<double>(), 0);
+    EXPECT_GT(rec["ceiling_gbps"].get<double>(), 0);
+    EXPECT_NEAR(rec["fraction_of_ceiling"].get<double>(),
+                rec["gbps"].get<double>() / rec["ceiling_gbps"].get<double>(), 1e-9);
+  }
+  EXPECT_EQ(records[0]["context"], 300);
+  EXPECT_EQ(records[0]["hkv"], 2);
+}
+
+TEST(Cli, DemoServeRetiresEveryRequest) {
+  TempDir dir;
+  const Result r = run_cli(
+      "demo serve --requests 12 --max-batch 4 --heads 8 --kv-heads 2 --head-dim 32 --prompt-min 5 "
+      "--prompt-max 60 "
+      "--gen-min 3 --gen-max 20 --chunk 16 --block-size 8 --json " +
+      dir.file("s.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("decode attention tokens/s"), std::string::npos) << r.output;
+  const nlohmann::json j = nlohmann::json::parse(std::ifstream(dir.file("s.json")));
+  EXPECT_EQ(j["finished"], 12);
+  EXPECT_LE(j["peak_occupancy"].get<double>(), 1.0);
+  EXPECT_GT(j["blocks_handed_out"].get<std::int64_t>(),
+            j["num_blocks"].get<std::int64_t>());  // blocks were reused
+  EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0);
+  EXPECT_EQ(run_cli("demo serve --prompt-min 50 --prompt-max 10").status, 2);
+}
+
 }  // namespace
 }  // namespace mha

@@ -13,6 +13,8 @@ void add_check(CLI::App& app);
 void add_demo(CLI::App& app);
 // `mha demo self-attention` and `mha demo bert`, under the demo subcommand.
 void add_demo_layers(CLI::App& demo);
+// `mha demo serve`, under the demo subcommand.
+void add_demo_serve(CLI::App& demo);
 
 // Thrown by a subcommand that ran but found failures (exit status 1, no error message).
 struct Failed {};

@@ -67,6 +67,7 @@ void add_demo(CLI::App& app) {
       "demo",
       "A short correctness check and timing table on built-in shapes; subcommands run the layer demos");
   add_demo_layers(*cmd);
+  add_demo_serve(*cmd);
   cmd->callback([cmd] {
     if (!cmd->get_subcommands().empty()) return;  // `mha demo bert` etc. ran instead
     correctness();
