@@ -1,6 +1,7 @@
 // MultiHeadAttention: the BERT-style layer, naive (six plain ops) and optimized (fused).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -144,17 +145,20 @@ void MultiHeadAttention::forward_naive(const Tensor& x, const Tensor& out, const
     rope_->apply(Tensor::bshd(q.data(), DType::f32, batch, seq, hq, dh), c.rope->style, positions);
     rope_->apply(Tensor::bshd(k.data(), DType::f32, batch, seq, hkv, dh), c.rope->style, positions);
   }
-  // 2. split heads: [batch, seq, heads, dh] -> [batch, heads, seq, dh] copies
-  auto split = [&](const std::vector<float>& src, std::int64_t heads) {
+  // 2. split heads: [batch, seq, heads, dh] -> [batch, heads, seq, dh] copies (and back for step 6)
+  auto permute = [&](const std::vector<float>& src, std::int64_t heads, bool split_heads) {
     std::vector<float> dst(src.size());
     for (std::int64_t b = 0; b < batch; ++b)
       for (std::int64_t s = 0; s < seq; ++s)
-        for (std::int64_t h = 0; h < heads; ++h)
-          for (std::int64_t d = 0; d < dh; ++d)
-            dst[std::size_t(((b * heads + h) * seq + s) * dh + d)] =
-                src[std::size_t(((b * seq + s) * heads + h) * dh + d)];
+        for (std::int64_t h = 0; h < heads; ++h) {
+          const std::size_t bshd = std::size_t(((b * seq + s) * heads + h) * dh);
+          const std::size_t bhsd = std::size_t(((b * heads + h) * seq + s) * dh);
+          std::copy_n(src.begin() + std::ptrdiff_t(split_heads ? bshd : bhsd), dh,
+                      dst.begin() + std::ptrdiff_t(split_heads ? bhsd : bshd));
+        }
     return dst;
   };
+  auto split = [&](const std::vector<float>& src, std::int64_t heads) { return permute(src, heads, true); };
   const std::vector<float> qh = split(q, hq), kh = split(k, hkv), vh = split(v, hkv);
   // 3-5. per head: scores, scale + mask + softmax, P·V
   std::vector<float> scores(std::size_t(seq * seq)), ctx_h(std::size_t(rows * hq * dh));
@@ -179,13 +183,7 @@ void MultiHeadAttention::forward_naive(const Tensor& x, const Tensor& out, const
     }
   }
   // 6. concatenate heads (copy back to [batch, seq, heads·dh]) and project out
-  std::vector<float> ctx(ctx_h.size());
-  for (std::int64_t b = 0; b < batch; ++b)
-    for (std::int64_t h = 0; h < hq; ++h)
-      for (std::int64_t s = 0; s < seq; ++s)
-        for (std::int64_t d = 0; d < dh; ++d)
-          ctx[std::size_t(((b * seq + s) * hq + h) * dh + d)] =
-              ctx_h[std::size_t(((b * hq + h) * seq + s) * dh + d)];
+  const std::vector<float> ctx = permute(ctx_h, hq, false);
   detail::naive::matmul_nt(ctx.data(), w_.w_out.data(), bias(w_.b_out), static_cast<float*>(out.data), rows,
                            c.hidden, hq * dh);
 }
