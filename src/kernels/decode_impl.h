@@ -165,7 +165,9 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     Vec::T mv = neg_inf;
     for (std::int64_t t = 0; t < T; t += N) {
       Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(Vec::set1(scale), Vec::load(kscale + t)));
-      if (visible < t + N) x = Vec::keep_lanes(x, 0, int(visible - t) - 1, neg_inf);
+      // keep_lanes wants hi within [-1, N]: a row may see none of this tile (visible <= 0).
+      if (visible < t + N)
+        x = Vec::keep_lanes(x, 0, int(std::max<std::int64_t>(visible - t, 0)) - 1, neg_inf);
       Vec::store(s + t, x);
       mv = Vec::max(mv, x);
     }

@@ -195,6 +195,16 @@ void run(const DecodeBenchArgs& a) {
 
 }  // namespace
 
+void bench_decode_short() {
+  DecodeBenchArgs a;
+  a.contexts = {4096};
+  a.heads = {"32/8", "32/32"};
+  a.batches = {1};
+  a.kv_dtypes = {"bf16"};
+  a.min_time = 0.2;
+  run(a);
+}
+
 void add_bench_decode(CLI::App& bench) {
   auto a = std::make_shared<DecodeBenchArgs>();
   CLI::App* cmd =

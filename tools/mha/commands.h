@@ -16,6 +16,10 @@ void add_demo_layers(CLI::App& demo);
 // `mha demo serve`, under the demo subcommand.
 void add_demo_serve(CLI::App& demo);
 
+// Short versions for `mha demo`: the BERT layer at batch 2, and decode at context 4096.
+void demo_bert_short();
+void bench_decode_short();
+
 // Thrown by a subcommand that ran but found failures (exit status 1, no error message).
 struct Failed {};
 

@@ -63,15 +63,19 @@ void timing() {
 }  // namespace
 
 void add_demo(CLI::App& app) {
-  CLI::App* cmd = app.add_subcommand(
-      "demo",
-      "A short correctness check and timing table on built-in shapes; subcommands run the layer demos");
+  CLI::App* cmd = app.add_subcommand("demo",
+                                     "Correctness and timing of the flash kernel, the BERT layer and "
+                                     "decoding; subcommands run the full demos");
   add_demo_layers(*cmd);
   add_demo_serve(*cmd);
   cmd->callback([cmd] {
     if (!cmd->get_subcommands().empty()) return;  // `mha demo bert` etc. ran instead
     correctness();
     timing();
+    fmt::print("\n");
+    demo_bert_short();
+    fmt::print("\n");
+    bench_decode_short();
   });
 }
 

@@ -232,6 +232,13 @@ void bert_demo(const BertArgs& a) {
 
 }  // namespace
 
+void demo_bert_short() {
+  BertArgs a;
+  a.batch = 2;
+  a.iters = 3;
+  bert_demo(a);
+}
+
 void add_demo_layers(CLI::App& demo) {
   auto sa = std::make_shared<SelfArgs>();
   CLI::App* self = demo.add_subcommand("self-attention", "Single-head SelfAttention: naive vs optimized");
