@@ -49,6 +49,40 @@ float load_one(const void* row, std::int64_t e) {
 
 constexpr std::size_t elem_bytes(int dt) { return dt == kF32 ? 4 : dt == kI8 ? 1 : 2; }
 
+// bf16 rows load 2N elements at a time with one load and two unpacks (Vec::load_bf16_pair): half
+// the conversion work of widening N at a time. The lanes come out permuted within each 2N block,
+// so q is stored with the same permutation (dot products do not care about order) and O rows hold
+// it until they are written out.
+template <int DT>
+constexpr bool kPaired = DT == kBf16;
+
+template <int DT>
+void load_pair(const void* row, std::int64_t e, Vec::T& a, Vec::T& b) {
+  if constexpr (kPaired<DT>) {
+    Vec::load_bf16_pair(static_cast<const std::uint16_t*>(row) + e, a, b);
+  } else {
+    a = load_vec<DT>(row, e);
+    b = load_vec<DT>(row, e + N);
+  }
+}
+
+// Copies a row of d floats between natural order and the paired order of DT (to_paired: natural
+// -> paired). Only whole 2N blocks are permuted; the tail stays in order.
+template <int DT>
+void permute_row(const float* src, float* dst, std::int64_t d, bool to_paired) {
+  std::int64_t e = 0;
+  if constexpr (kPaired<DT>) {
+    for (; e + 2 * N <= d; e += 2 * N)
+      for (int i = 0; i < 2 * N; ++i) {
+        if (to_paired)
+          dst[e + i] = src[e + bf16_pair_index(i)];
+        else
+          dst[e + bf16_pair_index(i)] = src[e + i];
+      }
+  }
+  for (; e < d; ++e) dst[e] = src[e];
+}
+
 struct Scratch {
   float* q;      // [R][d]
   float* s;      // [R][T] scores, then probabilities (times the V scale for int8)
@@ -62,11 +96,25 @@ struct Scratch {
 template <int DT, int rb>
 void score_pair(const Scratch& w, std::int64_t d, std::int64_t r0, const void* k0, const void* k1, bool two,
                 std::int64_t t) {
-  const std::int64_t dv = d / N * N;
+  const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N);
   Vec::T acc0[rb], acc1[rb];
 #pragma GCC unroll 4
   for (int r = 0; r < rb; ++r) acc0[r] = acc1[r] = Vec::zero();
-  for (std::int64_t e = 0; e < dv; e += N) {
+  for (std::int64_t e = 0; e < dv2; e += 2 * N) {
+    Vec::T a0, a1, b0, b1;
+    load_pair<DT>(k0, e, a0, a1);
+    load_pair<DT>(k1, e, b0, b1);
+#pragma GCC unroll 4
+    for (int r = 0; r < rb; ++r) {
+      Vec::T q0 = Vec::load(w.q + (r0 + r) * d + e), q1 = Vec::load(w.q + (r0 + r) * d + e + N);
+      __asm__("" : "+x"(q0), "+x"(q1));  // one load feeds both keys (GCC would fold it into each FMA)
+      acc0[r] = Vec::fmadd(q0, a0, acc0[r]);
+      acc1[r] = Vec::fmadd(q0, b0, acc1[r]);
+      acc0[r] = Vec::fmadd(q1, a1, acc0[r]);
+      acc1[r] = Vec::fmadd(q1, b1, acc1[r]);
+    }
+  }
+  for (std::int64_t e = dv2; e < dv; e += N) {
     const Vec::T a = load_vec<DT>(k0, e), b = load_vec<DT>(k1, e);
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
@@ -101,7 +149,8 @@ void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* con
       o1[r] = Vec::mul(Vec::load(w.o + (r0 + r) * d + e + N), a);
     }
     for (std::int64_t t = 0; t < nt; ++t) {
-      const Vec::T v0 = load_vec<DT>(vrow[t], e), v1 = load_vec<DT>(vrow[t], e + N);
+      Vec::T v0, v1;
+      load_pair<DT>(vrow[t], e, v0, v1);
 #pragma GCC unroll 4
       for (int r = 0; r < rb; ++r) {
         const Vec::T p = Vec::bcast(w.s + (r0 + r) * T + t);
@@ -246,7 +295,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     for (std::int64_t i = 0; i < p.nq; ++i)
       for (std::int64_t j = 0; j < G; ++j) {
         const std::int64_t r = g * R + i * G + j;
-        std::memcpy(all.q + r * d, p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d, std::size_t(d) * 4);
+        permute_row<DT>(p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d, all.q + r * d, d, true);
         all.m[r] = kNegInf;
         all.l[r] = 0;
       }
@@ -294,7 +343,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     float* out = it.partial + r * (d + 2);
     out[0] = all.m[r];
     out[1] = all.l[r];
-    std::memcpy(out + 2, all.o + r * d, std::size_t(d) * 4);
+    permute_row<DT>(all.o + r * d, out + 2, d, false);
   }
 }
 

@@ -58,6 +58,13 @@ struct Vec {
   static T load_i8(const std::int8_t* p) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
   }
+  // 2N bf16 in one load, widened by interleaving with zeros: a gets elements 8c..8c+3 and b
+  // 8c+4..8c+7 of each 16-byte chunk c (bf16_pair_index below).
+  static void load_bf16_pair(const std::uint16_t* p, T& a, T& b) {
+    const __m512i x = _mm512_loadu_si512(p), z = _mm512_setzero_si512();
+    a = _mm512_castsi512_ps(_mm512_unpacklo_epi16(z, x));
+    b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, x));
+  }
   static float hsum(T x) { return _mm512_reduce_add_ps(x); }
 };
 
@@ -104,6 +111,11 @@ struct Vec {
   static T load_i8(const std::int8_t* p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
   }
+  static void load_bf16_pair(const std::uint16_t* p, T& a, T& b) {  // see the AVX-512 version
+    const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)), z = _mm256_setzero_si256();
+    a = _mm256_castsi256_ps(_mm256_unpacklo_epi16(z, x));
+    b = _mm256_castsi256_ps(_mm256_unpackhi_epi16(z, x));
+  }
   static float hsum(T x) {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
@@ -146,6 +158,11 @@ struct Vec {
     const __m128i w = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
     return _mm_castsi128_ps(_mm_unpacklo_epi16(_mm_setzero_si128(), w));
   }
+  static void load_bf16_pair(const std::uint16_t* p, T& a, T& b) {  // in order: one 16-byte chunk
+    const __m128i x = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p)), z = _mm_setzero_si128();
+    a = _mm_castsi128_ps(_mm_unpacklo_epi16(z, x));
+    b = _mm_castsi128_ps(_mm_unpackhi_epi16(z, x));
+  }
   static T load_f16(const std::uint16_t* p) {  // no F16C in the baseline
     return _mm_setr_ps(f16_to_f32(p[0]), f16_to_f32(p[1]), f16_to_f32(p[2]), f16_to_f32(p[3]));
   }
@@ -164,6 +181,12 @@ struct Vec {
 };
 
 #endif
+
+// Which of 2N consecutive bf16 lands in lane i of load_bf16_pair's (a, b) (i < N: a, else b).
+constexpr int bf16_pair_index(int i) {
+  const int j = i % Vec::N;
+  return j / 4 * 8 + (i < Vec::N ? 0 : 4) + j % 4;
+}
 
 // exp(x) for x <= ~88: x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), exp(r) by
 // a degree-7 Taylor polynomial (truncation < 6e-9 relative), 2^n put in the exponent field. About
