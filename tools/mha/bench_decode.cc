@@ -118,10 +118,13 @@ void run(const DecodeBenchArgs& a) {
     }
   const Isa isa = active_isa();
   double ceiling = detail::measure_read_bandwidth_gbps(isa);
+  // Decoding with many query heads per KV head (MQA) is compute-bound, not memory-bound: the fp32
+  // FMA ceiling is measured too, and each row says which of the two binds.
+  double flop_ceiling = detail::measure_ceiling_gflops(isa, detail::PeakKind::fp32_fma);
   fmt::print("## Flash decode (ISA {}, {} threads, head dim {}, one new token per sequence)\n\n",
              to_string(isa), num_threads(), a.head_dim);
   Table table({"context", "heads (q/kv)", "batch", "kv dtype", "layout", "µs/step", "GB/s", "ceiling GB/s",
-               "fraction"});
+               "fraction", "GFLOP/s", "of FMA peak"});
   struct Row {
     Shape s;
     double us, gbps;
@@ -133,16 +136,21 @@ void run(const DecodeBenchArgs& a) {
     rows.push_back({s, us, step_bytes(s, a.head_dim) / us * 1e-3});
   }
   ceiling = std::max(ceiling, detail::measure_read_bandwidth_gbps(isa));
+  flop_ceiling = std::max(flop_ceiling, detail::measure_ceiling_gflops(isa, detail::PeakKind::fp32_fma));
   nlohmann::json records = nlohmann::json::array();
   for (const Row& r : rows) {
     const Shape& s = r.s;
     const std::string name = fmt::format("ctx{}_h{}_{}_b{}_{}_{}", s.context, s.hq, s.hkv, s.batch,
                                          to_string(s.dtype), s.paged ? "paged" : "contiguous");
+    // 4·D flops per (query head, key): q·k and p·v.
+    const double gflops =
+        4.0 * double(a.head_dim) * double(s.hq) * double(s.context) * double(s.batch) / r.us * 1e-3;
     table.add({std::to_string(s.context), fmt::format("{}/{}", s.hq, s.hkv), std::to_string(s.batch),
                std::string(to_string(s.dtype)),
                s.paged ? fmt::format("paged/{}", a.block_size) : "contiguous", fmt::format("{:.1f}", r.us),
                fmt::format("{:.1f}", r.gbps), fmt::format("{:.1f}", ceiling),
-               fmt::format("{:.1f}%", 100 * r.gbps / ceiling)});
+               fmt::format("{:.1f}%", 100 * r.gbps / ceiling), fmt::format("{:.1f}", gflops),
+               fmt::format("{:.1f}%", 100 * gflops / flop_ceiling)});
     records.push_back({{"name", name},
                        {"b", s.batch},
                        {"hq", s.hq},
@@ -157,15 +165,22 @@ void run(const DecodeBenchArgs& a) {
                        {"us", r.us},
                        {"gbps", r.gbps},
                        {"ceiling_gbps", ceiling},
-                       {"fraction_of_ceiling", r.gbps / ceiling}});
+                       {"fraction_of_ceiling", r.gbps / ceiling},
+                       {"gflops", gflops},
+                       {"fma_ceiling_gflops", flop_ceiling},
+                       {"fraction_of_fma_ceiling", gflops / flop_ceiling}});
   }
   table.print();
   fmt::print(
       "\nGB/s counts each visible K/V byte once per step (int8: with its scales). The ceiling is the best\n"
       "streaming read of a 512 MiB buffer on all threads, measured before and after the shapes. Steps cycle "
       "over\n"
-      "copies of the cache (layers) totalling at least {} MiB, so they read from memory, not from L3.\n",
-      a.working_set_mib);
+      "copies of the cache (layers) totalling at least {} MiB, so they read from memory, not from L3.\n"
+      "GFLOP/s counts 4·D per (query head, key); the FMA peak ({:.1f} GFLOP/s) is measured in the same run. "
+      "A\n"
+      "step reads 2·D cache elements per (KV head, key) for Hq/Hkv·4·D flops: with many query heads per KV\n"
+      "head it is bound by arithmetic, not by memory.\n",
+      a.working_set_mib, flop_ceiling);
   // The comparisons: GQA against plain MHA, paged against contiguous.
   auto find = [&](const Shape& want) -> const Row* {
     for (const Row& r : rows)
