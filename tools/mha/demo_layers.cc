@@ -33,6 +33,21 @@ std::string fmt_err(const Agreement& a) {
 
 nlohmann::json agreement_json(const Agreement& a) { return {{"pcc", a.pcc}, {"max_err", a.max_err}}; }
 
+// The fields both layer demos report: machine, speed against the peak, accuracy of both paths.
+nlohmann::json result_fields(double speedup, double steady_gflops, double peak, const Agreement& opt,
+                             const Agreement& naive, const Agreement& between) {
+  return {{"isa", to_string(active_isa())},
+          {"threads", num_threads()},
+          {"speedup", speedup},
+          {"gflops_steady", steady_gflops},
+          {"fma_ceiling_gflops", peak},
+          {"fraction_of_fma_ceiling", steady_gflops / peak},
+          {"pcc", opt.pcc},
+          {"max_err", opt.max_err},
+          {"naive_vs_reference", agreement_json(naive)},
+          {"optimized_vs_naive", agreement_json(between)}};
+}
+
 void print_accuracy(const Agreement& opt, const Agreement& naive, const Agreement& between) {
   Table t({"comparison", "PCC", "max abs error"});
   t.add({"optimized vs float64 reference", fmt::format("{:.7f}", opt.pcc), fmt_err(opt)});
@@ -114,28 +129,19 @@ void self_attention_demo(const SelfArgs& a) {
       100 * steady_gflops / peak, peak, 3 * a.d_out, a.d_in, build_ms, a.count - 1);
   print_accuracy(opt, naive, between);
   if (!a.json.empty()) {
-    const nlohmann::json j = {{"demo", "self-attention"},
-                              {"count", a.count},
-                              {"rows", a.rows},
-                              {"d_in", a.d_in},
-                              {"d_out", a.d_out},
-                              {"causal", a.causal},
-                              {"weight_dtype", a.weight_dtype},
-                              {"isa", to_string(active_isa())},
-                              {"threads", num_threads()},
-                              {"naive_total_ms", naive_ms},
-                              {"naive_ms_per_tensor", naive_per},
-                              {"first_call_ms", first_ms},
-                              {"steady_ms_per_tensor", steady_per},
-                              {"optimized_total_ms", first_ms + steady_ms},
-                              {"speedup", naive_per / steady_per},
-                              {"gflops_steady", steady_gflops},
-                              {"fma_ceiling_gflops", peak},
-                              {"fraction_of_fma_ceiling", steady_gflops / peak},
-                              {"pcc", opt.pcc},
-                              {"max_err", opt.max_err},
-                              {"naive_vs_reference", agreement_json(naive)},
-                              {"optimized_vs_naive", agreement_json(between)}};
+    nlohmann::json j = {{"demo", "self-attention"},
+                        {"count", a.count},
+                        {"rows", a.rows},
+                        {"d_in", a.d_in},
+                        {"d_out", a.d_out},
+                        {"causal", a.causal},
+                        {"weight_dtype", a.weight_dtype},
+                        {"naive_total_ms", naive_ms},
+                        {"naive_ms_per_tensor", naive_per},
+                        {"first_call_ms", first_ms},
+                        {"steady_ms_per_tensor", steady_per},
+                        {"optimized_total_ms", first_ms + steady_ms}};
+    j.update(result_fields(naive_per / steady_per, steady_gflops, peak, opt, naive, between));
     write_json_file(a.json, j.dump(2));
   }
 }
@@ -219,28 +225,13 @@ void bert_demo(const BertArgs& a) {
       first_ms / steady_ms, 100 * steady_gflops / peak, peak, build_ms, layer.plans_built());
   print_accuracy(opt, naive, between);
   if (!a.json.empty()) {
-    const nlohmann::json j = {{"demo", "bert"},
-                              {"batch", a.batch},
-                              {"seq", a.seq},
-                              {"hidden", a.hidden},
-                              {"heads", c.heads},
-                              {"kv_heads", c.kv_heads},
-                              {"head_dim", c.head_dim},
-                              {"weight_dtype", a.weight_dtype},
-                              {"isa", to_string(active_isa())},
-                              {"threads", num_threads()},
-                              {"naive_ms", naive_ms},
-                              {"first_call_ms", first_ms},
-                              {"steady_ms", steady_ms},
-                              {"first_over_steady", first_ms / steady_ms},
-                              {"speedup", naive_ms / steady_ms},
-                              {"gflops_steady", steady_gflops},
-                              {"fma_ceiling_gflops", peak},
-                              {"fraction_of_fma_ceiling", steady_gflops / peak},
-                              {"pcc", opt.pcc},
-                              {"max_err", opt.max_err},
-                              {"naive_vs_reference", agreement_json(naive)},
-                              {"optimized_vs_naive", agreement_json(between)}};
+    nlohmann::json j = {{"demo", "bert"},         {"batch", a.batch},
+                        {"seq", a.seq},           {"hidden", a.hidden},
+                        {"heads", c.heads},       {"kv_heads", c.kv_heads},
+                        {"head_dim", c.head_dim}, {"weight_dtype", a.weight_dtype},
+                        {"naive_ms", naive_ms},   {"first_call_ms", first_ms},
+                        {"steady_ms", steady_ms}, {"first_over_steady", first_ms / steady_ms}};
+    j.update(result_fields(naive_ms / steady_ms, steady_gflops, peak, opt, naive, between));
     write_json_file(a.json, j.dump(2));
   }
 }
