@@ -64,7 +64,8 @@ void check_no_self_overlap(const char* func, const std::string& name, const Tens
   std::size_t n = 0;
   for (int i = 0; i < t.rank; ++i)
     if (t.shape[std::size_t(i)] > 1) dims[n++] = {t.strides[std::size_t(i)], t.shape[std::size_t(i)]};
-  std::sort(dims.begin(), dims.begin() + std::ptrdiff_t(n));
+  for (std::size_t i = 1; i < n; ++i)  // insertion sort of at most 4 (GCC 12 misreads std::sort here)
+    for (std::size_t j = i; j > 0 && dims[j] < dims[j - 1]; --j) std::swap(dims[j], dims[j - 1]);
   std::int64_t span = 1;
   for (std::size_t i = 0; i < n; ++i) {
     const auto [stride, size] = dims[i];
@@ -76,21 +77,16 @@ void check_no_self_overlap(const char* func, const std::string& name, const Tens
   }
 }
 
-namespace {
-
 bool overlaps(const Span& a, const Span& b) {
   return a.begin != a.end && b.begin != b.end && a.begin < b.end && b.begin < a.end;
 }
 
-}  // namespace
-
-std::array<std::int64_t, 4> check_mask(const char* func, const Tensor& m, std::int64_t batch,
-                                       std::int64_t heads, std::int64_t nq, std::int64_t nk) {
-  check_view(func, "mask", m, 1, 4);
+MaskView check_mask(const char* func, const Tensor& m, std::int64_t batch, std::int64_t heads, std::int64_t nq,
+                    std::int64_t nk) {
+  MaskView view{check_view(func, "mask", m, 1, 4), {}};
   const std::int64_t want[4] = {batch, heads, nq, nk};
   const char* dim_names[4] = {"batch", "heads", "seqlen_q", "seqlen_k"};
   const int pad = 4 - m.rank;
-  std::array<std::int64_t, 4> strides{};
   for (int i = 0; i < 4; ++i) {
     const std::int64_t size = i < pad ? 1 : m.shape[std::size_t(i - pad)];
     const std::int64_t stride = i < pad ? 0 : m.strides[std::size_t(i - pad)];
@@ -100,9 +96,9 @@ std::array<std::int64_t, 4> check_mask(const char* func, const Tensor& m, std::i
            "is {}, expected 1 or {}",
            m.describe(), want[0], want[1], want[2], want[3], i - pad, dim_names[i], size, want[i]);
     }
-    strides[std::size_t(i)] = size == 1 ? 0 : stride;
+    view.strides[std::size_t(i)] = size == 1 ? 0 : stride;
   }
-  return strides;
+  return view;
 }
 
 AttentionParams validate_attention(const char* func, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -218,9 +214,9 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
 
   Span smask;
   if (o.mask) {
-    smask = check_view(func, "mask", *o.mask, 1, 4);
-    const auto strides = check_mask(func, *o.mask, p.batch, Hq, p.nq, p.nk);
-    std::copy(strides.begin(), strides.end(), p.mask_stride);
+    const MaskView mask = check_mask(func, *o.mask, p.batch, Hq, p.nq, p.nk);
+    smask = mask.span;
+    std::copy(mask.strides.begin(), mask.strides.end(), p.mask_stride);
     p.mask = o.mask->data;
     p.mask_dtype = o.mask->dtype;
   }

@@ -26,10 +26,17 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
 // of the smaller ones. Throws InvalidArgument otherwise.
 void check_no_self_overlap(const char* func, const std::string& name, const Tensor& t);
 
+// Whether two byte spans share a byte (empty spans share none).
+bool overlaps(const Span& a, const Span& b);
+
 // Checks an additive mask (rank 1-4, right-aligned NumPy broadcast to [batch, heads, nq, nk]);
-// returns its strides over those four dims, 0 where broadcast.
-std::array<std::int64_t, 4> check_mask(const char* func, const Tensor& mask, std::int64_t batch,
-                                       std::int64_t heads, std::int64_t nq, std::int64_t nk);
+// returns the bytes it spans and its strides over those four dims, 0 where broadcast.
+struct MaskView {
+  Span span;
+  std::array<std::int64_t, 4> strides;
+};
+MaskView check_mask(const char* func, const Tensor& mask, std::int64_t batch, std::int64_t heads, std::int64_t nq,
+                    std::int64_t nk);
 
 // Checks q, k, v, out, options and lse; returns the call in validated form or throws
 // InvalidArgument / Unsupported naming the argument. `func` prefixes the messages. A null `out`

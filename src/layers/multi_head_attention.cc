@@ -67,17 +67,22 @@ std::size_t MultiHeadAttention::plans_built() const { return plans_.size(); }
 
 namespace {
 
-// Checks x, out and mask; returns {batch, seq}.
-std::pair<std::int64_t, std::int64_t> check_io(const char* func, const MultiHeadAttentionConfig& c,
-                                               const Tensor& x, const Tensor& out, const Tensor* mask,
-                                               std::span<const std::int32_t> positions) {
+struct Io {
+  std::int64_t batch, seq;
+  std::array<std::int64_t, 4> mask_strides;  // over [batch, heads, query, key]; zeros without a mask
+};
+
+// Checks x, out, mask and positions.
+Io check_io(const char* func, const MultiHeadAttentionConfig& c, const Tensor& x, const Tensor& out,
+            const Tensor* mask, std::span<const std::int32_t> positions) {
   if (x.rank != 3)
     throw InvalidArgument(
         "x", fmt::format("{}: x is {}, expected [batch, seq, {}]", func, x.describe(), c.hidden));
   const std::int64_t batch = x.shape[0], seq = x.shape[1];
   detail::check_activation(func, "x", x, {batch, seq, c.hidden});
   detail::check_activation(func, "out", out, {batch, seq, c.hidden});
-  if (mask != nullptr) detail::check_mask(func, *mask, batch, c.heads, seq, seq);
+  Io io{batch, seq, {}};
+  if (mask != nullptr) io.mask_strides = detail::check_mask(func, *mask, batch, c.heads, seq, seq).strides;
   if (c.rope) {
     if (!positions.empty() && std::int64_t(positions.size()) != batch)
       throw InvalidArgument("positions", fmt::format("{}: {} positions, expected one per batch entry ({})",
@@ -89,7 +94,7 @@ std::pair<std::int64_t, std::int64_t> check_io(const char* func, const MultiHead
             "positions", fmt::format("{}: position {} + seq {} leaves [0, max_positions = {}]", func, p, seq,
                                      c.rope->max_positions));
   }
-  return {batch, seq};
+  return io;
 }
 
 }  // namespace
@@ -97,7 +102,7 @@ std::pair<std::int64_t, std::int64_t> check_io(const char* func, const MultiHead
 void MultiHeadAttention::forward(const Tensor& x, const Tensor& out, const Tensor* mask,
                                  std::span<const std::int32_t> positions) {
   const MultiHeadAttentionConfig& c = config_;
-  const auto [batch, seq] = check_io("MultiHeadAttention.forward", c, x, out, mask, positions);
+  const auto [batch, seq, mask_strides] = check_io("MultiHeadAttention.forward", c, x, out, mask, positions);
   const std::int64_t rows = batch * seq, dh = c.head_dim, width = (c.heads + 2 * c.kv_heads) * dh;
   std::unique_ptr<Plan>& plan = plans_[{batch, seq}];
   if (!plan) {
@@ -129,10 +134,8 @@ void MultiHeadAttention::forward_naive(const Tensor& x, const Tensor& out, const
                                        std::span<const std::int32_t> positions) const {
   constexpr const char* func = "MultiHeadAttention.forward_naive";
   const MultiHeadAttentionConfig& c = config_;
-  const auto [batch, seq] = check_io(func, c, x, out, mask, positions);
+  const auto [batch, seq, ms] = check_io(func, c, x, out, mask, positions);
   const std::int64_t rows = batch * seq, dh = c.head_dim, hq = c.heads, hkv = c.kv_heads;
-  const std::array<std::int64_t, 4> ms =
-      mask != nullptr ? detail::check_mask(func, *mask, batch, hq, seq, seq) : std::array<std::int64_t, 4>{};
   const float* xs = static_cast<const float*>(x.data);
   auto bias = [&](const std::vector<float>& b) { return c.bias ? b.data() : nullptr; };
 

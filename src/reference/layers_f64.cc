@@ -60,7 +60,7 @@ void rope(Vec& t, const RopeConfig& r, std::int64_t batch, std::int64_t seq, std
 Vec attend(const Vec& q, const Vec& k, const Vec& v, std::int64_t batch, std::int64_t seq, std::int64_t hq,
            std::int64_t hkv, std::int64_t dim, bool causal, const Tensor* mask) {
   std::array<std::int64_t, 4> ms{};
-  if (mask != nullptr) ms = detail::check_mask("reference", *mask, batch, hq, seq, seq);
+  if (mask != nullptr) ms = detail::check_mask("reference", *mask, batch, hq, seq, seq).strides;
   Vec out(std::size_t(batch * seq * hq * dim));
   const double scale = 1.0 / std::sqrt(double(dim));
   detail::global_pool().parallel_for(batch * hq, [&](std::int64_t item) {
