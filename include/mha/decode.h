@@ -70,7 +70,7 @@ class DecodeEngine {
  private:
   KvCache cache_;
   std::int64_t q_heads_;
-  std::vector<std::int32_t> active_, positions_, lengths_;
+  std::vector<std::int32_t> active_, positions_;  // positions_: where this step appends
 };
 
 }  // namespace mha

@@ -81,8 +81,8 @@ bool overlaps(const Span& a, const Span& b) {
   return a.begin != a.end && b.begin != b.end && a.begin < b.end && b.begin < a.end;
 }
 
-MaskView check_mask(const char* func, const Tensor& m, std::int64_t batch, std::int64_t heads, std::int64_t nq,
-                    std::int64_t nk) {
+MaskView check_mask(const char* func, const Tensor& m, std::int64_t batch, std::int64_t heads,
+                    std::int64_t nq, std::int64_t nk) {
   MaskView view{check_view(func, "mask", m, 1, 4), {}};
   const std::int64_t want[4] = {batch, heads, nq, nk};
   const char* dim_names[4] = {"batch", "heads", "seqlen_q", "seqlen_k"};

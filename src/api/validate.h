@@ -35,8 +35,8 @@ struct MaskView {
   Span span;
   std::array<std::int64_t, 4> strides;
 };
-MaskView check_mask(const char* func, const Tensor& mask, std::int64_t batch, std::int64_t heads, std::int64_t nq,
-                    std::int64_t nk);
+MaskView check_mask(const char* func, const Tensor& mask, std::int64_t batch, std::int64_t heads,
+                    std::int64_t nq, std::int64_t nk);
 
 // Checks q, k, v, out, options and lse; returns the call in validated form or throws
 // InvalidArgument / Unsupported naming the argument. `func` prefixes the messages. A null `out`

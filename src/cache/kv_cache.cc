@@ -12,6 +12,7 @@
 #endif
 
 #include "api/validate.h"
+#include "api/views.h"
 #include "mha/attention.h"
 #include "mha/errors.h"
 #include "runtime/dtype_convert.h"
@@ -290,18 +291,12 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
 }
 
 void KvCache::fill(std::int32_t seq, const Tensor& k, const Tensor& v) {
-  auto as_batch = [](const Tensor& t, const char* name) {
+  for (const auto& [t, name] : {std::pair<const Tensor&, const char*>{k, "k"}, {v, "v"}})
     if (t.rank != 3)
       throw InvalidArgument(
           name, fmt::format("KvCache.fill: {} is {}, expected [tokens, Hkv, D]", name, t.describe()));
-    Tensor b = t;
-    b.rank = 4;
-    b.shape = {1, t.shape[0], t.shape[1], t.shape[2]};
-    b.strides = {0, t.strides[0], t.strides[1], t.strides[2]};
-    return b;
-  };
   const std::int32_t zero = 0;
-  write({&seq, 1}, {&zero, 1}, as_batch(k, "k"), as_batch(v, "v"));
+  write({&seq, 1}, {&zero, 1}, detail::with_batch_dim(k), detail::with_batch_dim(v));
 }
 
 void KvCache::append(std::span<const std::int32_t> seqs, const Tensor& k, const Tensor& v) {

@@ -51,7 +51,8 @@ void decode_attention(const Tensor& q, const KvCache& cache, std::span<const std
     detail::check_no_self_overlap(kFunc, "lse", *lse);
   }
   if (detail::overlaps(so, sq)) fail("out", "out overlaps q, expected separate memory");
-  if (detail::overlaps(sl, sq) || detail::overlaps(sl, so)) fail("lse", "lse overlaps q or out, expected separate memory");
+  if (detail::overlaps(sl, sq) || detail::overlaps(sl, so))
+    fail("lse", "lse overlaps q or out, expected separate memory");
   if (std::int64_t(seqs.size()) != B) fail("seqs", "{} sequences for q.shape[0] = {}", seqs.size(), B);
   if (!cache_seqlens.empty() && std::int64_t(cache_seqlens.size()) != B)
     fail("cache_seqlens", "{} lengths for q.shape[0] = {}, expected {} or none", cache_seqlens.size(), B, B);

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "api/views.h"
 #include "mha/decode.h"
 #include "mha/errors.h"
 
@@ -44,14 +45,8 @@ std::int32_t DecodeEngine::admit(const Tensor& q, const Tensor& k, const Tensor&
         r.shape[0] = t1 - t0;
         return r;
       };
-      auto batch1 = [](Tensor t) {
-        t.rank = 4;
-        t.shape = {1, t.shape[0], t.shape[1], t.shape[2]};
-        t.strides = {0, t.strides[0], t.strides[1], t.strides[2]};
-        return t;
-      };
       const std::int32_t pos = std::int32_t(t0);
-      cache_.write({&seq, 1}, {&pos, 1}, batch1(rows(k)), batch1(rows(v)));
+      cache_.write({&seq, 1}, {&pos, 1}, detail::with_batch_dim(rows(k)), detail::with_batch_dim(rows(v)));
       prefill_attention(rows(q), cache_, seq, rows(out), t1);
     }
   } catch (...) {
@@ -72,14 +67,10 @@ void DecodeEngine::step(const Tensor& q, const Tensor& k, const Tensor& v, const
     throw InvalidArgument("out", fmt::format("DecodeEngine.step: out is {}, expected [{}, 1, {}, {}]",
                                              out.describe(), A, q_heads_, D));
   positions_.resize(active_.size());
-  lengths_.resize(active_.size());
-  for (std::size_t i = 0; i < active_.size(); ++i) {
-    positions_[i] = std::int32_t(cache_.length(active_[i]));
-    lengths_[i] = positions_[i] + 1;
-  }
+  for (std::size_t i = 0; i < active_.size(); ++i) positions_[i] = std::int32_t(cache_.length(active_[i]));
   cache_.write(active_, positions_, k, v);  // all or nothing
   try {
-    decode_attention(q, cache_, active_, lengths_, out);
+    decode_attention(q, cache_, active_, {}, out);  // each sequence up to its new length
   } catch (...) {
     for (std::size_t i = 0; i < active_.size(); ++i) cache_.truncate(active_[i], positions_[i]);
     throw;

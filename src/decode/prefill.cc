@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include "api/validate.h"
+#include "api/views.h"
 #include "mha/attention.h"
 #include "mha/decode.h"
 #include "mha/errors.h"
@@ -25,13 +26,7 @@ void prefill_attention(const Tensor& q, const KvCache& cache, std::int32_t seq, 
                                       "length {}, expected {} to {}",
                                       func, L, n, have, n, have));
   // q and out as [1, n, Hq, D] views; mha::attention checks the rest (heads, head dim, dtypes).
-  auto batch1 = [](const Tensor& t) {
-    Tensor b = t;
-    b.rank = 4;
-    b.shape = {1, t.shape[0], t.shape[1], t.shape[2]};
-    b.strides = {0, t.strides[0], t.strides[1], t.strides[2]};
-    return b;
-  };
+  const Tensor q4 = detail::with_batch_dim(q), out4 = detail::with_batch_dim(out);
   AttentionOptions o{.scale = options.scale, .causal = true};
   const KvCache::Layout layout = cache.layout();
   const bool in_place = !cache.paged() && c.dtype != CacheDType::int8;
@@ -39,7 +34,10 @@ void prefill_attention(const Tensor& q, const KvCache& cache, std::int32_t seq, 
     const DType dt = c.dtype == CacheDType::f32   ? DType::f32
                      : c.dtype == CacheDType::f16 ? DType::f16
                                                   : DType::bf16;
-    const std::int64_t row = c.kv_heads * c.head_dim, offset = std::int64_t(seq) * c.max_seq_len * row;
+    // A contiguous cache is one block per sequence: its rows start at the sequence's block.
+    const std::int64_t row = c.kv_heads * c.head_dim,
+                       offset = std::int64_t(layout.tables[seq * layout.blocks_per_seq]) *
+                                layout.rows_per_block * row;
     auto view = [&](const void* base) {
       Tensor t;
       t.data = const_cast<char*>(static_cast<const char*>(base)) + offset * std::int64_t(size_of(dt));
@@ -51,22 +49,23 @@ void prefill_attention(const Tensor& q, const KvCache& cache, std::int32_t seq, 
     };
     // The forward kernel takes q and K/V in one dtype: an f32 q with an f16/bf16 cache is an error
     // there, so such callers pass q in the cache's dtype.
-    attention(batch1(q), view(layout.k), view(layout.v), batch1(out), o);
+    attention(q4, view(layout.k), view(layout.v), out4, o);
     return;
   }
+  // Paged or int8: gathered to f32 first, so q must be f32 too (checked before the gather).
+  if (q.dtype != DType::f32)
+    throw Unsupported(
+        "q",
+        fmt::format("{}: q.dtype = {} with a {} {} cache, expected f32 (the cache is gathered "
+                    "to f32)",
+                    func, to_string(q.dtype), cache.paged() ? "paged" : "contiguous", to_string(c.dtype)));
   thread_local detail::AlignedBuffer kv;
   const std::int64_t elems = L * c.kv_heads * c.head_dim;
   kv.resize(std::size_t(2 * elems));
   cache.read(seq, 0, L, kv.data(), kv.data() + elems);
   const Tensor k = Tensor::bshd(kv.data(), DType::f32, 1, L, c.kv_heads, c.head_dim);
   const Tensor v = Tensor::bshd(kv.data() + elems, DType::f32, 1, L, c.kv_heads, c.head_dim);
-  if (q.dtype == DType::f32) {
-    attention(batch1(q), k, v, batch1(out), o);
-    return;
-  }
-  throw Unsupported(
-      "q", fmt::format("{}: q.dtype = {} with a {} {} cache, expected f32 (the cache is gathered to f32)",
-                       func, to_string(q.dtype), cache.paged() ? "paged" : "contiguous", to_string(c.dtype)));
+  attention(q4, k, v, out4, o);
 }
 
 }  // namespace mha
