@@ -42,7 +42,8 @@ struct DecodeItem {
   float* partial;
 };
 
-// Floats of scratch an item needs (64-byte aligned): q rows, scores, probabilities, O and row state.
+// Floats of scratch an item needs (64-byte aligned): q rows, scores, probabilities, O, row state,
+// the V staging and the tile's K/V scales.
 std::int64_t decode_scratch_floats(const DecodeParams& p);
 // Where in the scratch the kernels stage a tile's V rows (kDecodeTile rows of hkv·d elements of at
 // most 4 bytes, 64-byte aligned), after q, scores, O and the row state.

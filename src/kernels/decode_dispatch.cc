@@ -23,7 +23,7 @@ DecodeKernel decode_kernel(Isa isa) {
 }
 
 std::int64_t decode_scratch_floats(const DecodeParams& p) {
-  return stage_offset(p) + kDecodeTile * p.hkv * p.d;
+  return stage_offset(p) + kDecodeTile * p.hkv * p.d + 2 * p.hkv * kDecodeTile;
 }
 
 void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,

@@ -6,7 +6,7 @@
 // (8 accumulators: one K load and one q load feed 2 and 4 FMAs) and are reduced once per
 // (row, key). P·V: O rows are updated two vectors wide for RB rows at a time, so each V load
 // feeds RB FMAs and O stays in registers across the tile's keys. The online softmax runs per
-// tile on the R × 16 score block with the vector exp.
+// tile on the R × kDecodeTile score block with the vector exp.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including decode_impl.h"
 #endif
@@ -14,7 +14,6 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <vector>
 
 #include "kernels/decode.h"
 #include "kernels/simd.h"
@@ -306,9 +305,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   const std::uint8_t *kbase[T], *vbase[T];
   const void* vrow[T];
   std::int64_t rows[T];
-  thread_local std::vector<float> scales;  // [2][Hkv][T]
-  scales.resize(std::size_t(2 * p.hkv * T));
-  float* kscale = scales.data();
+  float* kscale = scratch + stage_offset(p) + T * p.hkv * d;  // [Hkv][T], after the V staging
   float* vscale = kscale + p.hkv * T;
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
     const std::int64_t nt = std::min(T, it.t1 - t0);
