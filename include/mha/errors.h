@@ -34,6 +34,12 @@ class CapacityExceeded : public Error {
   using Error::Error;
 };
 
+// Memory for the request could not be had (std::bad_alloc, or a size no allocator can give): the
+// argument names what was being sized. Nothing was written.
+class OutOfMemory : public Error {
+  using Error::Error;
+};
+
 // A file could not be read or written, or its contents are malformed.
 class IoError : public Error {
   using Error::Error;

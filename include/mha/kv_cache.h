@@ -39,7 +39,8 @@ struct KvCacheConfig {
 
 class KvCache {
  public:
-  // Allocates the storage. InvalidArgument naming the field for an inconsistent config.
+  // Allocates the storage. InvalidArgument naming the field for an inconsistent config (an unknown
+  // dtype included); OutOfMemory("config") when the storage cannot be had or its size overflows.
   explicit KvCache(const KvCacheConfig& config);
 
   const KvCacheConfig& config() const { return config_; }
@@ -57,7 +58,7 @@ class KvCache {
   // positions[i] + n_tokens (writing below the length rewinds: speculative tokens rejected). All or
   // nothing: every argument and the capacity are checked before anything is written, so an error
   // leaves every sequence as it was. InvalidArgument: shapes, inactive or repeated sequences, a
-  // position past the length (a hole). CapacityExceeded: past max_seq_len ("positions"), or the
+  // position past the length (a hole), a NaN or inf bound for an int8 cache. CapacityExceeded: past max_seq_len ("positions"), or the
   // pool has too few free blocks ("cache").
   void write(std::span<const std::int32_t> seqs, std::span<const std::int32_t> positions, const Tensor& k,
              const Tensor& v);

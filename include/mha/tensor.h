@@ -31,7 +31,8 @@ struct Tensor {
   std::array<std::int64_t, kMaxRank> shape{};
   std::array<std::int64_t, kMaxRank> strides{};  // in elements, not bytes
 
-  // Row-major (C-contiguous) view of the given shape (rank 1 to 4).
+  // Row-major (C-contiguous) view of the given shape (rank 1 to 4). These factories and numel()
+  // throw InvalidArgument("shape") when the element count overflows int64.
   static Tensor contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> shape);
   static Tensor bshd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d);
   static Tensor bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d);

@@ -23,6 +23,14 @@ DType parse_dtype(std::string_view name, std::string_view argument) {
                         fmt::format("{} = '{}', expected f32, f16 or bf16", argument, name));
 }
 
+namespace {
+[[noreturn]] void overflow(const Tensor& t) {
+  throw InvalidArgument("shape", fmt::format("Tensor: shape {} has more elements than an int64 counts, "
+                                             "expected an addressable size",
+                                             t.describe()));
+}
+}  // namespace
+
 Tensor Tensor::contiguous(void* data, DType dtype, std::initializer_list<std::int64_t> shape) {
   if (shape.size() < 1 || shape.size() > std::size_t(kMaxRank)) {
     throw InvalidArgument(
@@ -37,7 +45,7 @@ Tensor Tensor::contiguous(void* data, DType dtype, std::initializer_list<std::in
   std::int64_t stride = 1;
   for (int d = t.rank - 1; d >= 0; --d) {
     t.strides[std::size_t(d)] = stride;
-    stride *= t.shape[std::size_t(d)];
+    if (__builtin_mul_overflow(stride, t.shape[std::size_t(d)], &stride)) overflow(t);  // last: numel
   }
   return t;
 }
@@ -52,13 +60,17 @@ Tensor Tensor::bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std
   t.dtype = dtype;
   t.rank = 4;
   t.shape = {b, s, h, d};
-  t.strides = {h * s * d, d, s * d, 1};
+  std::int64_t sd = 0, hsd = 0, n = 0;
+  if (__builtin_mul_overflow(s, d, &sd) || __builtin_mul_overflow(h, sd, &hsd) || __builtin_mul_overflow(b, hsd, &n))
+    overflow(t);
+  t.strides = {hsd, d, sd, 1};
   return t;
 }
 
 std::int64_t Tensor::numel() const {
   std::int64_t n = 1;
-  for (int i = 0; i < rank; ++i) n *= shape[std::size_t(i)];
+  for (int i = 0; i < rank; ++i)
+    if (__builtin_mul_overflow(n, shape[std::size_t(i)], &n)) overflow(*this);
   return n;
 }
 

@@ -63,6 +63,8 @@ void check_no_self_overlap(const char* func, const std::string& name, const Tens
   std::array<std::pair<std::int64_t, std::int64_t>, Tensor::kMaxRank> dims;  // (stride, size), no allocation
   std::size_t n = 0;
   for (int i = 0; i < t.rank; ++i)
+    if (t.shape[std::size_t(i)] == 0) return;  // no elements, nothing written twice
+  for (int i = 0; i < t.rank; ++i)
     if (t.shape[std::size_t(i)] > 1) dims[n++] = {t.strides[std::size_t(i)], t.shape[std::size_t(i)]};
   for (std::size_t i = 1; i < n; ++i)  // insertion sort of at most 4 (GCC 12 misreads std::sort here)
     for (std::size_t j = i; j > 0 && dims[j] < dims[j - 1]; --j) std::swap(dims[j], dims[j - 1]);
@@ -231,8 +233,11 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
          "window_right = {} with causal = true, expected -1 or 0 (causal "
          "sees no keys to the right)",
          o.window_right);
-  p.window_left = o.window_left;
-  p.window_right = o.causal ? 0 : o.window_right;
+  // A window reaching past every key of every row is unbounded; clamping it here keeps the kernels'
+  // visible-range arithmetic (row + offset ± window) far from int64 overflow.
+  const auto bound = [&](std::int64_t w) { return w > p.nq + p.nk ? std::int64_t(-1) : w; };
+  p.window_left = bound(o.window_left);
+  p.window_right = o.causal ? 0 : bound(o.window_right);
 
   // scale
   p.scale = o.scale ? *o.scale : float(1.0 / std::sqrt(double(D)));

@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
+#include <new>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -39,7 +41,7 @@ std::uint8_t* allocate(std::size_t bytes) {
   const std::size_t align = bytes >= kHuge ? kHuge : 64;
   const std::size_t size = std::max(align, (bytes + align - 1) / align * align);
   void* p = std::aligned_alloc(align, size);
-  if (p == nullptr) throw CapacityExceeded("config", fmt::format("KvCache: cannot allocate {} bytes", bytes));
+  if (p == nullptr) throw OutOfMemory("config", fmt::format("KvCache: cannot allocate {} bytes", bytes));
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   if (align == kHuge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
@@ -115,9 +117,12 @@ KvCache::KvCache(const KvCacheConfig& config) : config_(config) {
     bad("max_seqs", fmt::format("max_seqs = {}, expected 1 to 2^20", c.max_seqs));
   if (c.max_seq_len < 1 || c.max_seq_len > (std::int64_t(1) << 30))
     bad("max_seq_len", fmt::format("max_seq_len = {}, expected 1 to 2^30", c.max_seq_len));
-  if (c.block_size < 0 || (c.block_size & (c.block_size - 1)) != 0)
+  if (c.dtype != CacheDType::f32 && c.dtype != CacheDType::f16 && c.dtype != CacheDType::bf16 &&
+      c.dtype != CacheDType::int8)
+    bad("dtype", fmt::format("dtype = {} is not a cache dtype, expected f32, f16, bf16 or int8", int(c.dtype)));
+  if (c.block_size < 0 || c.block_size > (std::int64_t(1) << 30) || (c.block_size & (c.block_size - 1)) != 0)
     bad("block_size",
-        fmt::format("block_size = {}, expected 0 (contiguous) or a power of two", c.block_size));
+        fmt::format("block_size = {}, expected 0 (contiguous) or a power of two up to 2^30", c.block_size));
   if (paged()) {
     blocks_per_seq_ = (c.max_seq_len + c.block_size - 1) / c.block_size;
     rows_per_block_ = c.block_size;
@@ -130,17 +135,34 @@ KvCache::KvCache(const KvCacheConfig& config) : config_(config) {
     blocks_per_seq_ = 1;
     rows_per_block_ = c.max_seq_len;
   }
+  if (c.kv_heads > (std::int64_t(1) << 20))
+    bad("kv_heads", fmt::format("kv_heads = {}, expected 1 to 2^20", c.kv_heads));
+  // Every size below is a product of the fields, checked: a wrapped product would allocate a small
+  // buffer and let the first write run past it.
   const std::int64_t blocks = total_blocks();
-  const std::size_t rows = std::size_t(blocks * rows_per_block_);
-  const std::size_t row_bytes = std::size_t(c.kv_heads * c.head_dim) * element_bytes(c.dtype);
-  k_.reset(allocate(rows * row_bytes));
-  v_.reset(allocate(rows * row_bytes));
-  if (c.dtype == CacheDType::int8) {
-    k_scale_.assign(rows * std::size_t(c.kv_heads), 0.f);
-    v_scale_.assign(rows * std::size_t(c.kv_heads), 0.f);
+  std::int64_t rows = 0, row_bytes = 0, bytes = 0, scales = 0, table_entries = 0;
+  if (__builtin_mul_overflow(blocks, rows_per_block_, &rows) ||
+      __builtin_mul_overflow(c.kv_heads * c.head_dim, std::int64_t(element_bytes(c.dtype)), &row_bytes) ||
+      __builtin_mul_overflow(rows, row_bytes, &bytes) || __builtin_mul_overflow(rows, c.kv_heads, &scales) ||
+      __builtin_mul_overflow(c.max_seqs, blocks_per_seq_, &table_entries) ||
+      bytes > (std::numeric_limits<std::int64_t>::max() >> 2))
+    throw OutOfMemory("config", fmt::format("KvCache: {} blocks × {} rows of {} heads × {} exceeds any "
+                                            "memory, expected a smaller config",
+                                            blocks, rows_per_block_, c.kv_heads, c.head_dim));
+  try {
+    k_.reset(allocate(std::size_t(bytes)));
+    v_.reset(allocate(std::size_t(bytes)));
+    if (c.dtype == CacheDType::int8) {
+      k_scale_.assign(std::size_t(scales), 0.f);
+      v_scale_.assign(std::size_t(scales), 0.f);
+    }
+    tables_.assign(std::size_t(table_entries), -1);
+    lengths_.assign(std::size_t(c.max_seqs), -1);
+  } catch (const std::bad_alloc&) {
+    throw OutOfMemory("config", fmt::format("KvCache: cannot allocate the tables of {} sequences × {} "
+                                            "blocks",
+                                            c.max_seqs, blocks_per_seq_));
   }
-  tables_.assign(std::size_t(c.max_seqs * blocks_per_seq_), -1);
-  lengths_.assign(std::size_t(c.max_seqs), -1);
   if (paged()) {
     // A stack popped from the back: blocks 0, 1, 2, ... are handed out first.
     for (std::int64_t b = blocks - 1; b >= 0; --b) free_.push_back(std::int32_t(b));
@@ -252,6 +274,23 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
   if (blocks_needed > free_blocks())
     throw CapacityExceeded("cache", fmt::format("{}: needs {} free blocks, the pool has {} of {}", func,
                                                 blocks_needed, free_blocks(), c.num_blocks));
+  // int8 rows keep one scale per row: an inf would make it inf (the row dequantizes to NaN) and a
+  // NaN would quantize to 0, so non-finite values are refused before anything is written.
+  if (c.dtype == CacheDType::int8)
+    for (const Tensor* t : {&k, &v})
+      for (std::int64_t i = 0; i < n_seqs; ++i)
+        for (std::int64_t tok = 0; tok < n_tok; ++tok)
+          for (std::int64_t h = 0; h < c.kv_heads; ++h)
+            for (std::int64_t d = 0; d < c.head_dim; ++d) {
+              const float x = detail::load_f32(
+                  t->data, t->dtype,
+                  i * t->strides[0] + tok * t->strides[1] + h * t->strides[2] + d * t->strides[3]);
+              if (!std::isfinite(x))
+                throw InvalidArgument(t == &k ? "k" : "v",
+                                      fmt::format("{}: {}[{}, {}, {}, {}] = {} cannot be stored in an int8 "
+                                                  "cache, expected finite values",
+                                                  func, t == &k ? "k" : "v", i, tok, h, d, x));
+            }
   // Everything is checked: allocate, then write.
   for (std::int64_t i = 0; i < n_seqs && paged(); ++i) {
     const std::int32_t s = seqs[std::size_t(i)];

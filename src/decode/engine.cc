@@ -3,6 +3,7 @@
 
 #include <algorithm>
 
+#include "api/validate.h"
 #include "api/views.h"
 #include "mha/decode.h"
 #include "mha/errors.h"
@@ -28,6 +29,18 @@ std::int32_t DecodeEngine::admit(const Tensor& q, const Tensor& k, const Tensor&
     throw InvalidArgument("k",
                           fmt::format("DecodeEngine.admit: k is {}, expected [n, Hkv, D]", k.describe()));
   const std::int64_t n = k.shape[0];
+  // q, v and out are sliced by k's rows below: each must have them, and the head counts of a step.
+  const KvCacheConfig& c = cache_.config();
+  const std::pair<const Tensor*, const char*> args[] = {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}};
+  for (const auto& [t, name] : args) {
+    detail::check_view("DecodeEngine.admit", name, *t, 3, 3);
+    const bool query = t == &q || t == &out;
+    const std::int64_t heads = query ? q_heads_ : c.kv_heads;
+    if (t->shape[0] != n || t->shape[1] != heads || t->shape[2] != c.head_dim)
+      throw InvalidArgument(name, fmt::format("DecodeEngine.admit: {} is {}, expected [{}, {}, {}] ([n, {}, D] "
+                                              "with n = k.shape[0])",
+                                              name, t->describe(), n, heads, c.head_dim, query ? "Hq" : "Hkv"));
+  }
   if (n < 1)
     throw InvalidArgument("k", "DecodeEngine.admit: the prompt has no tokens, expected at least one");
   if (n > cache_.config().max_seq_len || (cache_.paged() && blocks_for(n) > cache_.free_blocks()))
