@@ -2,6 +2,12 @@
 #include "mha/npy.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <filesystem>
 #include <unistd.h>
 
 #include <cstring>
@@ -116,6 +122,40 @@ TEST(Npy, BadFilesGetClearErrors) {
   float x = 0;
   EXPECT_THROW(save_npy(dir.file("b.npy"), DType::bf16, {1}, &x), Unsupported);
   EXPECT_THROW(save_npy(dir.file("no/such/dir/x.npy"), DType::f32, {1}, &x), IoError);
+  EXPECT_THROW(load_npy(dir.file("")), IoError);                       // a directory
+  EXPECT_THROW(save_npy(dir.file(""), DType::f32, {1}, &x), IoError);  // a directory
+}
+
+// A write that fails midway (here a file-size limit, as a full disk would) leaves the file that was
+// there untouched and no temporary beside it. Run in a child: the limit is per process.
+TEST(Npy, AFailedWriteLeavesTheOldFileAndNoTemporary) {
+  TempDir dir;
+  const std::string path = dir.file("out.npy");
+  const std::vector<float> old_data = {1, 2, 3};
+  save_npy(path, DType::f32, {3}, old_data.data());
+  const std::string before = read_bytes(path);
+  const pid_t pid = fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    const rlimit limit{4096, 4096};
+    setrlimit(RLIMIT_FSIZE, &limit);
+    std::vector<float> big(1 << 16, 5.f);
+    try {
+      save_npy(path, DType::f32, {std::int64_t(big.size())}, big.data());
+    } catch (const IoError&) {
+      _exit(42);
+    }
+    _exit(0);
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died of a signal";
+  EXPECT_EQ(WEXITSTATUS(status), 42);
+  EXPECT_EQ(read_bytes(path), before);
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir.file(""))) files += e.is_regular_file();
+  EXPECT_EQ(files, 1);
 }
 
 }  // namespace

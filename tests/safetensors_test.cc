@@ -105,6 +105,19 @@ TEST(SafeTensors, EachBadFileIsAnIoErrorNamingThePath) {
        with_header(R"({"a":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", std::string(8, '\0'))},
       {"no_offsets", with_header(R"({"a":{"dtype":"F32","shape":[2]}})", std::string(8, '\0'))},
       {"bad_metadata", with_header(R"({"__metadata__":{"k":1}})", "")},
+      // From the issue-12 probe: an element count that wraps to 0, a number past a double's range,
+      // overlapping data, a hole between tensors, bytes after the last tensor.
+      {"numel_wraps",
+       with_header(R"({"a":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})", "")},
+      {"huge_number", with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"x":1e999})",
+                                  std::string(8, '\0'))},
+      {"overlap", with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                              R"("b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})",
+                              std::string(8, '\0'))},
+      {"hole", with_header(R"({"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},)"
+                           R"("b":{"dtype":"F32","shape":[1],"data_offsets":[8,12]}})",
+                           std::string(12, '\0'))},
+      {"trailing", with_header(ok_json, std::string(12, '\0'))},
   };
   for (const auto& [name, bytes] : bad) {
     const std::string path = dir.file(name + ".safetensors");
@@ -117,9 +130,27 @@ TEST(SafeTensors, EachBadFileIsAnIoErrorNamingThePath) {
     }
   }
   EXPECT_THROW(SafeTensors::load(dir.file("absent.safetensors")), IoError);
+  try {  // a directory is not a file (std::ios_base::failure escaped before)
+    SafeTensors::load(dir.file(""));
+    ADD_FAILURE() << "a directory loaded";
+  } catch (const IoError& e) {
+    EXPECT_NE(std::string(e.what()).find("directory"), std::string::npos) << e.what();
+  }
   // A good file of the same layout loads, so the failures above are the defects, not the layout.
   write_bytes(dir.file("good.safetensors"), with_header(ok_json, std::string(8, '\0')));
   EXPECT_NO_THROW(SafeTensors::load(dir.file("good.safetensors")));
+}
+
+// Zero-element tensors are valid; reading one must not hand memcpy a null pointer (UBSan aborts).
+TEST(SafeTensors, ZeroElementTensorsReadAsEmpty) {
+  TempDir dir;
+  const float one = 3.f;
+  const SafeTensorEntry entries[] = {{"empty", DType::f32, {0, 4}, nullptr}, {"one", DType::f32, {1}, &one}};
+  save_safetensors(dir.file("e.safetensors"), entries);
+  const SafeTensors f = SafeTensors::load(dir.file("e.safetensors"));
+  const std::int64_t s0[] = {0, 4}, s1[] = {1};
+  EXPECT_TRUE(f.read_f32("empty", s0).empty());
+  EXPECT_EQ(f.read_f32("one", s1), std::vector<float>{3.f});
 }
 
 }  // namespace

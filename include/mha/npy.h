@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,12 @@ struct NpyArray {
 // Throws IoError naming the path on a missing, truncated or malformed file, and Unsupported for a
 // dtype other than float32/float16, Fortran order, or big-endian data.
 NpyArray load_npy(const std::string& path);
+// The same from a file's bytes in memory; `name` stands for the path in messages.
+NpyArray parse_npy(std::span<const std::uint8_t> bytes, const std::string& name);
 
-// Writes a C-order array. bf16 has no NumPy dtype: Unsupported.
+// Writes a C-order array, all or nothing: to a temporary file beside `path`, renamed over it once
+// every byte is written (a full disk or a size limit leaves the old file). bf16 has no NumPy
+// dtype: Unsupported.
 void save_npy(const std::string& path, DType dtype, const std::vector<std::int64_t>& shape, const void* data);
 
 }  // namespace mha

@@ -25,8 +25,10 @@ class SafeTensors {
  public:
   // Reads and checks the whole file. IoError naming the path: missing or unreadable file, truncated
   // file, malformed JSON header, entries that lack fields, offsets that leave the file or do not
-  // match dtype × shape.
+  // match dtype × shape, or that overlap or leave holes (the format indexes every data byte).
   static SafeTensors load(const std::string& path);
+  // The same from a file's bytes in memory; `name` stands for the path in messages.
+  static SafeTensors parse(std::vector<std::uint8_t> bytes, const std::string& name);
 
   const std::string& path() const { return path_; }
   bool contains(const std::string& name) const { return tensors_.count(name) != 0; }
@@ -56,7 +58,8 @@ struct SafeTensorEntry {
 };
 
 // Writes a file with the entries in the given order (data 8-byte aligned, as the reference writer
-// does). IoError naming the path when it cannot be written; InvalidArgument for a repeated name.
+// does), all or nothing: a temporary file beside `path` is renamed over it once complete. IoError
+// naming the path when it cannot be written; InvalidArgument for a repeated name.
 void save_safetensors(const std::string& path, std::span<const SafeTensorEntry> entries,
                       const std::map<std::string, std::string>& metadata = {});
 

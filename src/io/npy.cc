@@ -7,9 +7,10 @@
 
 #include <cctype>
 #include <cstring>
-#include <fstream>
 #include <limits>
 
+#include "io/file.h"
+#include "io/npy_write.h"
 #include "mha/errors.h"
 
 namespace mha {
@@ -139,16 +140,10 @@ Tensor NpyArray::view() {
   return t;
 }
 
-NpyArray load_npy(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) io_fail(path, "cannot open file");
-  in.seekg(0, std::ios::end);
-  const std::int64_t file_size = in.tellg();
-  in.seekg(0);
-
-  char pre[10];
-  if (file_size < 10 || !in.read(pre, 10))
-    io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
+NpyArray parse_npy(std::span<const std::uint8_t> data, const std::string& path) {
+  const std::int64_t file_size = std::int64_t(data.size());
+  const char* pre = reinterpret_cast<const char*>(data.data());
+  if (file_size < 10) io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
   if (std::memcmp(pre, "\x93NUMPY", 6) != 0)
     io_fail(path, "bad magic, expected \\x93NUMPY (not an .npy file)");
   const int major = static_cast<unsigned char>(pre[6]);
@@ -157,20 +152,18 @@ NpyArray load_npy(const std::string& path) {
     header_len = static_cast<unsigned char>(pre[8]) | (static_cast<unsigned char>(pre[9]) << 8);
     prefix = 10;
   } else if (major == 2 || major == 3) {
-    char more[2];
-    if (!in.read(more, 2)) io_fail(path, "truncated header length");
+    if (file_size < 12) io_fail(path, "truncated header length");
     header_len = std::int64_t(static_cast<unsigned char>(pre[8])) |
                  std::int64_t(static_cast<unsigned char>(pre[9])) << 8 |
-                 std::int64_t(static_cast<unsigned char>(more[0])) << 16 |
-                 std::int64_t(static_cast<unsigned char>(more[1])) << 24;
+                 std::int64_t(static_cast<unsigned char>(pre[10])) << 16 |
+                 std::int64_t(static_cast<unsigned char>(pre[11])) << 24;
     prefix = 12;
   } else {
     io_fail(path, fmt::format("format version {}.{}, expected 1.0, 2.0 or 3.0", major, int(pre[7])));
   }
   if (prefix + header_len > file_size)
     io_fail(path, fmt::format("truncated: header of {} bytes but the file has {}", header_len, file_size));
-  std::string header(std::size_t(header_len), '\0');
-  in.read(header.data(), header_len);
+  const std::string header(pre + prefix, std::size_t(header_len));
 
   std::string descr;
   bool fortran = false;
@@ -197,20 +190,22 @@ NpyArray load_npy(const std::string& path) {
   if (available > bytes)
     io_fail(path, fmt::format("{} bytes of trailing data after the array, expected exactly {}",
                               available - bytes, bytes));
-  a.bytes.resize(std::size_t(bytes));
-  if (!in.read(reinterpret_cast<char*>(a.bytes.data()), bytes)) io_fail(path, "read error");
+  const std::uint8_t* body = data.data() + prefix + header_len;
+  a.bytes.assign(body, body + bytes);
   return a;
 }
 
-void save_npy(const std::string& path, DType dtype, const std::vector<std::int64_t>& shape,
-              const void* data) {
-  if (dtype == DType::bf16)
-    throw Unsupported(path, fmt::format("npy '{}': bf16 has no NumPy dtype, expected f32 or f16", path));
+NpyArray load_npy(const std::string& path) { return parse_npy(detail::read_file(path, "npy"), path); }
+
+namespace detail {
+
+void write_npy(FileWriter& out, DType dtype, const std::vector<std::int64_t>& shape, const void* data) {
   std::string dims;  // "(2, 3)", but "(5,)" for one dimension
   std::int64_t n = 1;
   for (std::size_t i = 0; i < shape.size(); ++i) {
     dims += fmt::format("{}{}", i ? ", " : "", shape[i]);
-    n *= shape[i];
+    if (shape[i] < 0 || __builtin_mul_overflow(n, shape[i], &n))
+      throw InvalidArgument("shape", fmt::format("save_npy: shape ({}) is not a valid array shape", dims));
   }
   if (shape.size() == 1) dims += ",";
   std::string header = fmt::format("{{'descr': '{}', 'fortran_order': False, 'shape': ({}), }}",
@@ -219,14 +214,22 @@ void save_npy(const std::string& path, DType dtype, const std::vector<std::int64
   const std::size_t total = 10 + header.size() + 1;
   header.append((64 - total % 64) % 64, ' ');
   header.push_back('\n');
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) io_fail(path, "cannot open file for writing");
   const char pre[10] = {
       '\x93', 'N', 'U', 'M', 'P', 'Y', 1, 0, char(header.size() & 0xff), char(header.size() >> 8)};
   out.write(pre, 10);
-  out.write(header.data(), std::streamsize(header.size()));
-  out.write(static_cast<const char*>(data), std::streamsize(n * std::int64_t(size_of(dtype))));
-  if (!out) io_fail(path, "write error");
+  out.write(header.data(), header.size());
+  out.write(data, std::size_t(n) * size_of(dtype));
+}
+
+}  // namespace detail
+
+void save_npy(const std::string& path, DType dtype, const std::vector<std::int64_t>& shape,
+              const void* data) {
+  if (dtype == DType::bf16)
+    throw Unsupported(path, fmt::format("npy '{}': bf16 has no NumPy dtype, expected f32 or f16", path));
+  detail::FileWriter out(path, "npy");
+  detail::write_npy(out, dtype, shape, data);
+  out.commit();
 }
 
 }  // namespace mha

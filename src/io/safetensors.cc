@@ -3,11 +3,11 @@
 #include <fmt/format.h>
 
 #include <cstring>
-#include <fstream>
-#include <iterator>
+#include <algorithm>
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "io/file.h"
 #include "mha/errors.h"
 #include "runtime/dtype_convert.h"
 
@@ -59,9 +59,12 @@ SafeTensorInfo parse_entry(const std::string& path, const std::string& name, con
     const std::uint64_t n = d.get<std::uint64_t>();
     if (n > (std::uint64_t(1) << 40)) bad(fmt::format("dimension {} is too large", n));
     t.shape.push_back(std::int64_t(n));
-    numel *= n;
-    if (numel > (std::uint64_t(1) << 48)) bad("too many elements");
+    // Checked: [2^40, 2^40] wraps to 0 elements and would pass as an empty tensor.
+    if (__builtin_mul_overflow(numel, n, &numel) || numel > (std::uint64_t(1) << 48)) bad("too many elements");
   }
+  if (numel > 0 && numel * esize > data_bytes)
+    io_fail(path, fmt::format("truncated: tensor '{}' needs {} bytes, but the file holds {} data bytes", name,
+                              numel * esize, data_bytes));
   const json& off = e.contains("data_offsets") ? e["data_offsets"] : json();
   if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned())
     bad("'data_offsets' missing or not [begin, end]");
@@ -80,10 +83,10 @@ SafeTensorInfo parse_entry(const std::string& path, const std::string& name, con
 }  // namespace
 
 SafeTensors SafeTensors::load(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) io_fail(path, "cannot open the file");
-  std::vector<std::uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) io_fail(path, "read error");
+  return parse(detail::read_file(path, "safetensors"), path);
+}
+
+SafeTensors SafeTensors::parse(std::vector<std::uint8_t> bytes, const std::string& path) {
   if (bytes.size() < 8)
     io_fail(path, fmt::format("truncated: {} bytes, the header length alone needs 8", bytes.size()));
   std::uint64_t header_len = 0;
@@ -91,28 +94,43 @@ SafeTensors SafeTensors::load(const std::string& path) {
   if (header_len > bytes.size() - 8)
     io_fail(path, fmt::format("truncated: the header claims {} bytes, the file has {} after the length",
                               header_len, bytes.size() - 8));
-  json header;
-  try {
-    header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + std::ptrdiff_t(header_len));
-  } catch (const json::parse_error& e) {
-    io_fail(path, fmt::format("malformed JSON header: {}", e.what()));
-  }
-  if (!header.is_object()) io_fail(path, "the JSON header is not an object");
-
   SafeTensors f;
   f.path_ = path;
   const std::uint64_t data_bytes = bytes.size() - 8 - header_len;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object()) io_fail(path, "'__metadata__' is not an object");
-      for (const auto& [k, v] : entry.items()) {
-        if (!v.is_string()) io_fail(path, fmt::format("metadata '{}' is not a string", k));
-        f.metadata_[k] = v.get<std::string>();
+  // Any nlohmann exception (a syntax error, a number too large for a double, ...) is a malformed file.
+  try {
+    const json header = json::parse(bytes.begin() + 8, bytes.begin() + 8 + std::ptrdiff_t(header_len));
+    if (!header.is_object()) io_fail(path, "the JSON header is not an object");
+    for (const auto& [name, entry] : header.items()) {
+      if (name == "__metadata__") {
+        if (!entry.is_object()) io_fail(path, "'__metadata__' is not an object");
+        for (const auto& [k, v] : entry.items()) {
+          if (!v.is_string()) io_fail(path, fmt::format("metadata '{}' is not a string", k));
+          f.metadata_[k] = v.get<std::string>();
+        }
+        continue;
       }
-      continue;
+      f.tensors_[name] = parse_entry(path, name, entry, data_bytes);
     }
-    f.tensors_[name] = parse_entry(path, name, entry, data_bytes);
+  } catch (const json::exception& e) {
+    io_fail(path, fmt::format("malformed JSON header: {}", e.what()));
   }
+  // The format indexes the data section entirely, without overlaps or holes: sorted by offset,
+  // each tensor starts where the previous one ends and the last ends with the file.
+  std::vector<std::pair<const SafeTensorInfo*, const std::string*>> order;
+  for (const auto& [name, info] : f.tensors_) order.emplace_back(&info, &name);
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return std::pair(a.first->begin, a.first->end) < std::pair(b.first->begin, b.first->end);
+  });
+  std::uint64_t at = 0;
+  for (const auto& [info, name] : order) {
+    if (info->begin != at)
+      io_fail(path, fmt::format("tensor '{}' starts at data byte {}, expected {}: data {} another tensor's", *name,
+                                info->begin, at, info->begin < at ? "overlapping" : "not indexed between it and"));
+    at = info->end;
+  }
+  if (at != data_bytes)
+    io_fail(path, fmt::format("{} data bytes after the last tensor, expected none", data_bytes - at));
   bytes.erase(bytes.begin(), bytes.begin() + 8 + std::ptrdiff_t(header_len));
   f.data_ = std::move(bytes);
   return f;
@@ -142,7 +160,7 @@ std::vector<float> SafeTensors::read_f32(const std::string& name,
   const std::size_t n = std::size_t((t.end - t.begin) / element_size(t.dtype));
   std::vector<float> out(n);
   if (t.dtype == "F32") {
-    std::memcpy(out.data(), src, n * 4);
+    if (n > 0) std::memcpy(out.data(), src, n * 4);  // an empty vector's data() may be null
   } else if (t.dtype == "F16" || t.dtype == "BF16") {
     const DType dt = t.dtype == "F16" ? DType::f16 : DType::bf16;
     for (std::size_t i = 0; i < n; ++i) {
@@ -167,9 +185,11 @@ void save_safetensors(const std::string& path, std::span<const SafeTensorEntry> 
       throw InvalidArgument("entries", fmt::format("tensor name '{}' repeated or reserved", e.name));
     std::uint64_t numel = 1;
     for (std::int64_t d : e.shape) {
-      if (d < 0)
-        throw InvalidArgument("entries", fmt::format("tensor '{}' has a negative dimension", e.name));
-      numel *= std::uint64_t(d);
+      if (d < 0 || __builtin_mul_overflow(numel, std::uint64_t(d), &numel) || numel > (std::uint64_t(1) << 48))
+        throw InvalidArgument("entries",
+                              fmt::format("tensor '{}' has shape {}, expected non-negative sizes of at most "
+                                          "2^48 elements",
+                                          e.name, shape_string(e.shape)));
     }
     const std::uint64_t bytes = numel * size_of(e.dtype);
     header[e.name] = {
@@ -179,18 +199,17 @@ void save_safetensors(const std::string& path, std::span<const SafeTensorEntry> 
   if (!metadata.empty()) header["__metadata__"] = metadata;
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');  // the data starts 8-byte aligned
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  if (!out) io_fail(path, "cannot open the file for writing");
+  detail::FileWriter out(path, "safetensors");
   std::uint8_t len[8];
   for (int i = 0; i < 8; ++i) len[i] = std::uint8_t(std::uint64_t(text.size()) >> (8 * i));
-  out.write(reinterpret_cast<const char*>(len), 8);
-  out.write(text.data(), std::streamsize(text.size()));
+  out.write(len, 8);
+  out.write(text.data(), text.size());
   for (const SafeTensorEntry& e : entries) {
     std::uint64_t numel = 1;
     for (std::int64_t d : e.shape) numel *= std::uint64_t(d);
-    out.write(static_cast<const char*>(e.data), std::streamsize(numel * size_of(e.dtype)));
+    if (numel > 0) out.write(e.data, numel * size_of(e.dtype));
   }
-  if (!out) io_fail(path, "write error");
+  out.commit();
 }
 
 }  // namespace mha
