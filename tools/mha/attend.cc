@@ -6,6 +6,9 @@
 #include "commands.h"
 #include "mha/attention.h"
 #include "mha/errors.h"
+#include "api/validate.h"
+#include "io/file.h"
+#include "io/npy_write.h"
 #include "mha/npy.h"
 #include "runtime/dtype_convert.h"
 
@@ -45,6 +48,9 @@ Tensor input_view(NpyArray& a, const std::string& path, bool bhsd, bool varlen) 
 }
 
 void run(const AttendArgs& args) {
+  if (!args.lse.empty() && detail::same_file(args.lse, args.out))
+    throw InvalidArgument("--lse", fmt::format("--lse '{}' and --out '{}' are the same file, expected two files",
+                                               args.lse, args.out));
   const bool bhsd = args.layout == "bhsd";
   const bool varlen = !args.cu_q.empty() || !args.cu_k.empty();
   NpyArray q = load_npy(args.q), k = load_npy(args.k), v = load_npy(args.v);
@@ -72,22 +78,36 @@ void run(const AttendArgs& args) {
     opt.mask = mask.view();
   }
 
+  // Everything is checked before the output is sized: a v of shape [1, 0, 1, 2^40] holds no bytes
+  // but would ask for a 4 TiB output.
+  const detail::AttentionParams p = detail::validate_attention("attend", tq, tk, tv, nullptr, opt, nullptr);
+  (void)p;
   // Output in the input layout; f16 when computing in f16, else f32 (NumPy has no bf16).
   const DType out_dt = dt == DType::f16 ? DType::f16 : DType::f32;
   const std::int64_t B = tq.shape[0], Nq = tq.shape[1], Hq = tq.shape[2], Dv = tv.shape[3];
   std::vector<std::uint8_t> out_bytes(std::size_t(B * Nq * Hq * Dv) * size_of(out_dt));
   const Tensor out = bhsd ? Tensor::bhsd(out_bytes.data(), out_dt, B, Nq, Hq, Dv)
                           : Tensor::bshd(out_bytes.data(), out_dt, B, Nq, Hq, Dv);
-  std::vector<float> lse(std::size_t(B * Hq * Nq));
+  std::vector<float> lse(args.lse.empty() ? 0 : std::size_t(B * Hq * Nq));
   const Tensor tlse = Tensor::contiguous(lse.data(), DType::f32, {B, Hq, Nq});
 
   attention(tq, tk, tv, out, opt, args.lse.empty() ? nullptr : &tlse);
 
+  // Both outputs are written in full before either replaces its file.
   std::vector<std::int64_t> out_shape =
       bhsd ? std::vector<std::int64_t>{B, Hq, Nq, Dv} : std::vector<std::int64_t>{B, Nq, Hq, Dv};
   if (varlen && q.shape.size() == 3) out_shape.erase(out_shape.begin());
-  save_npy(args.out, out_dt, out_shape, out_bytes.data());
-  if (!args.lse.empty()) save_npy(args.lse, DType::f32, {B, Hq, Nq}, lse.data());
+  detail::FileWriter out_file(args.out, "npy");
+  detail::write_npy(out_file, out_dt, out_shape, out_bytes.data());
+  std::optional<detail::FileWriter> lse_file;
+  if (!args.lse.empty()) {
+    lse_file.emplace(args.lse, "npy");
+    detail::write_npy(*lse_file, DType::f32, {B, Hq, Nq}, lse.data());
+    lse_file->close();
+  }
+  out_file.close();
+  out_file.commit();
+  if (lse_file) lse_file->commit();
 }
 
 }  // namespace

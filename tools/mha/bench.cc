@@ -9,6 +9,7 @@
 
 #include "check/case.h"
 #include "commands.h"
+#include "options.h"
 #include "kernels/ceiling.h"
 #include "kernels/flash_fwd.h"
 #include "mha/errors.h"
@@ -64,6 +65,10 @@ std::vector<std::int64_t> parse_shape(const std::string& text) {
   if (v.size() != 6)
     throw InvalidArgument(
         "--shape", fmt::format("--shape '{}' has {} values, expected 6: B,Hq,Hkv,Nq,Nk,D", text, v.size()));
+  for (std::int64_t x : v)
+    if (x < 1)
+      throw InvalidArgument("--shape",
+                            fmt::format("--shape '{}': {} is not a size, expected B,Hq,Hkv,Nq,Nk,D >= 1", text, x));
   return v;
 }
 
@@ -222,7 +227,7 @@ void add_bench(CLI::App& app) {
   cmd->add_flag("--long", args->long_context,
                 "Add the long-context case: 65536 tokens, 8 heads, head dim 128, causal");
   cmd->add_option("--min-time", args->min_time, "Seconds to spend timing each shape")
-      ->check(CLI::Range(0.0, 600.0));
+      ->check(finite_range(0.0, 600.0));
   cmd->add_option("--json", args->json, "Also write JSON records to this file");
   add_bench_decode(*cmd);
   cmd->callback([cmd, args] {

@@ -9,6 +9,7 @@
 
 #include "check/random.h"
 #include "commands.h"
+#include "options.h"
 #include "kernels/ceiling.h"
 #include "mha/decode.h"
 #include "mha/errors.h"
@@ -236,7 +237,7 @@ void add_bench_decode(CLI::App& bench) {
   cmd->add_option("--working-set", a->working_set_mib, "MiB of cache copies cycled through (beyond L3)")
       ->check(CLI::Range(1, 1 << 16));
   cmd->add_option("--min-time", a->min_time, "Seconds to spend timing each shape")
-      ->check(CLI::Range(0.0, 600.0));
+      ->check(finite_range(0.0, 600.0));
   cmd->add_option("--json", a->json, "Also write JSON records to this file");
   cmd->callback([a] { run(*a); });
 }

@@ -1,6 +1,7 @@
 // mha demo self-attention | bert: the tutorials' layers, naive against optimized, with accuracy
 // against the float64 layer and first-call against steady-state timing.
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <nlohmann/json.hpp>
@@ -9,6 +10,7 @@
 #include "check/random.h"
 #include "commands.h"
 #include "kernels/ceiling.h"
+#include "mha/errors.h"
 #include "mha/layers.h"
 #include "mha/reference.h"
 #include "mha/runtime.h"
@@ -61,6 +63,15 @@ double fma_peak() { return detail::measure_ceiling_gflops(active_isa(), detail::
 
 std::string machine() { return fmt::format("ISA {}, {} threads", to_string(active_isa()), num_threads()); }
 
+// Refuses a demo whose buffers (estimated in floats) exceed the machine's memory, before allocating:
+// with overcommit, a 64 GiB weight allocation "succeeds" and the kernel kills the process later.
+void require_memory(double floats, const char* what) {
+  const double have = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  if (floats * 4 > have)
+    throw OutOfMemory(what, fmt::format("{}: needs about {:.1f} GiB, this machine has {:.1f} GiB", what,
+                                        floats * 4 / double(1 << 30), have / double(1 << 30)));
+}
+
 // ---- self-attention --------------------------------------------------------------------------
 
 struct SelfArgs {
@@ -73,6 +84,9 @@ struct SelfArgs {
 };
 
 void self_attention_demo(const SelfArgs& a) {
+  // Weights and their fused copy, the naive score matrix, inputs and outputs.
+  const double din = double(a.d_in), dout = double(a.d_out), rows = double(a.rows);
+  require_memory(6 * din * dout + rows * rows + rows * (din + 6 * dout), "demo self-attention");
   SelfAttentionWeights w = a.weights.empty()
                                ? SelfAttentionWeights::random(a.d_in, a.d_out, a.seed)
                                : SelfAttentionWeights::load(SafeTensors::load(a.weights), a.d_in, a.d_out);
@@ -162,6 +176,9 @@ void bert_demo(const BertArgs& a) {
                                         .kv_heads = a.kv_heads,
                                         .weight_dtype = parse_dtype(a.weight_dtype, "--weight-dtype")};
   const MultiHeadAttentionConfig c = config.resolved();
+  // Weights and their fused copy, the naive path's scores, activations of both paths.
+  const double h = double(a.hidden), tokens = double(a.batch) * double(a.seq);
+  require_memory(8 * h * h + tokens * double(c.heads) * double(a.seq) + 12 * tokens * h, "demo bert");
   MultiHeadAttentionWeights w =
       a.weights.empty() ? MultiHeadAttentionWeights::random(c, a.seed)
                         : MultiHeadAttentionWeights::load(SafeTensors::load(a.weights), c, a.prefix);

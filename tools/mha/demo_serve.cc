@@ -54,6 +54,15 @@ void serve(const ServeArgs& a) {
                        .block_size = a.block_size,
                        .num_blocks = num_blocks},
                       a.heads);
+  // A request admitted only when the pool holds its whole length: one longer than the pool would
+  // wait forever (this loop once spun at 100 % CPU on --num-blocks 1).
+  for (const Request& r : pending)
+    if (engine.blocks_for(r.prompt + r.gen) > num_blocks)
+      throw CapacityExceeded("--num-blocks",
+                             fmt::format("demo serve: a request of {} + {} tokens needs {} blocks of {}, the "
+                                         "pool has {}; expected --num-blocks >= {} or shorter requests",
+                                         r.prompt, r.gen, engine.blocks_for(r.prompt + r.gen), a.block_size,
+                                         num_blocks, engine.blocks_for(r.prompt + r.gen)));
   // Token vectors come from one random pool (their values do not change the work).
   const std::int64_t qrow = a.heads * a.head_dim, kvrow = a.kv_heads * a.head_dim;
   const std::vector<float> pool = check::normal_vector(

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <fstream>
 
+#include "io/file.h"
 #include "mha/errors.h"
 
 namespace mha::cli {
@@ -64,9 +65,10 @@ double time_ms(const std::function<void()>& fn, double budget_s) {
 }
 
 void write_json_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  f << text << "\n";
-  if (!f) throw IoError(path, fmt::format("cannot write '{}'", path));
+  detail::FileWriter f(path, "json");
+  f.write(text.data(), text.size());
+  f.write("\n", 1);
+  f.commit();
   fmt::print("JSON written to {}\n", path);
 }
 
