@@ -47,7 +47,7 @@ TEST(ThreadPool, ThreadCountSetting) {
   const int saved = num_threads();
   set_num_threads(3);
   EXPECT_EQ(num_threads(), 3);
-  EXPECT_EQ(global_pool().size(), 3);
+  EXPECT_EQ(global_pool()->size(), 3);
   EXPECT_THROW(set_num_threads(0), InvalidArgument);
   EXPECT_THROW(set_num_threads(-2), InvalidArgument);
   set_num_threads(saved);

@@ -7,12 +7,14 @@
 // the layer is built); the projections run in f32 through OpenBLAS, whose Debian build has no bf16 GEMM.
 //
 // Plans: the first forward of a given input shape builds a plan (activation buffers, the work grid);
-// later calls of that shape reuse it and allocate nothing. A layer object is not safe for concurrent
-// forward calls from several threads (they would share the plan's buffers); use one object per thread.
+// later calls of that shape reuse it and allocate nothing. forward may be called from several
+// threads on one object: calls take the layer's lock (they share the plan's buffers, and the
+// kernels already share one thread pool), so they run one after the other.
 #pragma once
 
 #include <cstdint>
 #include <map>
+#include <mutex>
 #include <memory>
 #include <optional>
 #include <span>
@@ -73,6 +75,7 @@ class SelfAttention {
   SelfAttentionOptions options_;
   std::vector<float> w_qkv_;  // [3·d_out, d_in]: the three projections fused into one operand
   std::map<std::pair<std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+  std::unique_ptr<std::mutex> plan_mutex_ = std::make_unique<std::mutex>();  // held by forward
 };
 
 // ---- MultiHeadAttention ---------------------------------------------------------------------
@@ -141,6 +144,7 @@ class MultiHeadAttention {
   std::vector<float> w_qkv_, b_qkv_;  // [(Hq + 2·Hkv)·Dh, hidden] and its bias: one fused projection
   std::optional<RopeTable> rope_;
   std::map<std::pair<std::int64_t, std::int64_t>, std::unique_ptr<Plan>> plans_;
+  std::unique_ptr<std::mutex> plan_mutex_ = std::make_unique<std::mutex>();  // held by forward
 };
 
 }  // namespace mha

@@ -304,7 +304,7 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
   }
   const Layout L = layout();
   const std::size_t eb = element_bytes(c.dtype), row_bytes = std::size_t(c.kv_heads * c.head_dim) * eb;
-  detail::global_pool().parallel_for(n_seqs * n_tok, [&](std::int64_t item) {
+  detail::global_pool()->parallel_for(n_seqs * n_tok, [&](std::int64_t item) {
     const std::int64_t i = item / n_tok, t = item % n_tok;
     const std::int32_t s = seqs[std::size_t(i)];
     const std::int64_t pos = positions[std::size_t(i)] + t;

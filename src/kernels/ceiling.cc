@@ -33,11 +33,11 @@ Loop peak_loop(Isa isa, PeakKind kind) {
 // makes every item run on its own thread (one thread cannot take a second item before all have
 // arrived), and the slowest thread's time counts.
 double run_once(Loop loop, std::int64_t iters) {
-  ThreadPool& pool = global_pool();
-  const int n = pool.size();
+  const std::shared_ptr<ThreadPool> pool = global_pool();
+  const int n = pool->size();
   std::atomic<int> arrived{0};
   std::vector<double> seconds(static_cast<std::size_t>(n)), flops(static_cast<std::size_t>(n));
-  pool.parallel_for(n, [&](std::int64_t i) {
+  pool->parallel_for(n, [&](std::int64_t i) {
     arrived.fetch_add(1);
     while (arrived.load() < n) {
     }
@@ -66,12 +66,12 @@ ReadLoop read_loop(Isa isa) {
 
 double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes, int runs) {
   const ReadLoop loop = read_loop(isa);
-  ThreadPool& pool = global_pool();
-  const int n = pool.size();
+  const std::shared_ptr<ThreadPool> pool = global_pool();
+  const int n = pool->size();
   // Slices are whole multiples of 64 floats, so every thread's loop runs full vectors.
   const std::int64_t slice = std::int64_t(bytes / sizeof(float)) / n / 64 * 64;
   AlignedBuffer buffer(std::size_t(slice * n));
-  pool.parallel_for(n, [&](std::int64_t i) {  // touch every page from the thread that reads it
+  pool->parallel_for(n, [&](std::int64_t i) {  // touch every page from the thread that reads it
     std::fill(buffer.data() + i * slice, buffer.data() + (i + 1) * slice, 1.0f);
   });
   double best = 0;
@@ -79,7 +79,7 @@ double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes, int runs) {
     std::atomic<int> arrived{0};
     std::vector<double> seconds(static_cast<std::size_t>(n));
     std::atomic<float> sink{0};
-    pool.parallel_for(n, [&](std::int64_t i) {
+    pool->parallel_for(n, [&](std::int64_t i) {
       arrived.fetch_add(1);
       while (arrived.load() < n) {
       }

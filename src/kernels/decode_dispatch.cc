@@ -50,14 +50,14 @@ void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out
   first.push_back(std::int64_t(items.size()));
 
   const std::size_t scratch_floats = std::size_t(decode_scratch_floats(p));
-  global_pool().parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
+  global_pool()->parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
     thread_local AlignedBuffer scratch;
     scratch.resize(scratch_floats);
     kernel(p, items[std::size_t(i)], scratch.data());
   });
 
   // Merge each (b, g) group's chunks in chunk order: the same sums in the same order every time.
-  global_pool().parallel_for(p.batch * p.hkv, [&](std::int64_t bg) {
+  global_pool()->parallel_for(p.batch * p.hkv, [&](std::int64_t bg) {
     const std::int64_t b = bg / p.hkv, g = bg % p.hkv;
     const std::int64_t i0 = first[std::size_t(b)], i1 = first[std::size_t(b) + 1];
     thread_local std::vector<float> weight;

@@ -63,7 +63,8 @@ MultiHeadAttention::~MultiHeadAttention() = default;
 MultiHeadAttention::MultiHeadAttention(MultiHeadAttention&&) noexcept = default;
 MultiHeadAttention& MultiHeadAttention::operator=(MultiHeadAttention&&) noexcept = default;
 
-std::size_t MultiHeadAttention::plans_built() const { return plans_.size(); }
+std::size_t MultiHeadAttention::plans_built() const {
+  const std::lock_guard lock(*plan_mutex_); return plans_.size(); }
 
 namespace {
 
@@ -101,6 +102,7 @@ Io check_io(const char* func, const MultiHeadAttentionConfig& c, const Tensor& x
 
 void MultiHeadAttention::forward(const Tensor& x, const Tensor& out, const Tensor* mask,
                                  std::span<const std::int32_t> positions) {
+  const std::lock_guard lock(*plan_mutex_);
   const MultiHeadAttentionConfig& c = config_;
   const auto [batch, seq, mask_strides] = check_io("MultiHeadAttention.forward", c, x, out, mask, positions);
   const std::int64_t rows = batch * seq, dh = c.head_dim, width = (c.heads + 2 * c.kv_heads) * dh;

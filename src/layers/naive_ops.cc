@@ -9,7 +9,7 @@ namespace mha::detail::naive {
 
 void matmul_nt(const float* a, const float* b, const float* bias, float* c, std::int64_t m, std::int64_t n,
                std::int64_t k) {
-  global_pool().parallel_for(m, [&](std::int64_t i) {
+  global_pool()->parallel_for(m, [&](std::int64_t i) {
     for (std::int64_t j = 0; j < n; ++j) {
       float dot = bias != nullptr ? bias[j] : 0.f;
       for (std::int64_t p = 0; p < k; ++p) dot += a[i * k + p] * b[j * k + p];
@@ -19,7 +19,7 @@ void matmul_nt(const float* a, const float* b, const float* bias, float* c, std:
 }
 
 void matmul_nn(const float* a, const float* b, float* c, std::int64_t m, std::int64_t n, std::int64_t k) {
-  global_pool().parallel_for(m, [&](std::int64_t i) {
+  global_pool()->parallel_for(m, [&](std::int64_t i) {
     float* row = c + i * n;
     for (std::int64_t j = 0; j < n; ++j) row[j] = 0;
     for (std::int64_t p = 0; p < k; ++p)
@@ -28,7 +28,7 @@ void matmul_nn(const float* a, const float* b, float* c, std::int64_t m, std::in
 }
 
 void softmax_rows(float* s, std::int64_t m, std::int64_t n) {
-  global_pool().parallel_for(m, [&](std::int64_t i) {
+  global_pool()->parallel_for(m, [&](std::int64_t i) {
     float* row = s + i * n;
     float mx = -std::numeric_limits<float>::infinity();
     for (std::int64_t j = 0; j < n; ++j) mx = std::max(mx, row[j]);

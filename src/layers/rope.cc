@@ -63,7 +63,7 @@ void RopeTable::apply(const Tensor& x, RopeStyle style, std::span<const std::int
   const std::int64_t half = rotary_dim_ / 2;
   const std::int64_t pair_stride = style == RopeStyle::interleaved ? 1 : half;
   const std::int64_t pair_step = style == RopeStyle::interleaved ? 2 : 1;
-  detail::global_pool().parallel_for(B * S, [&](std::int64_t item) {
+  detail::global_pool()->parallel_for(B * S, [&](std::int64_t item) {
     const std::int64_t b = item / S, s = item % S;
     const std::int64_t pos = (offsets.empty() ? 0 : offsets[std::size_t(b)]) + s;
     const float* c = cos_.data() + pos * half;

@@ -93,7 +93,7 @@ void layer_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Te
   const AttentionParams p = validate_attention("layer_attention", q, k, v, &out, options, nullptr,
                                                std::numeric_limits<std::int32_t>::max());
   const std::int64_t blocks = (p.nq + kRows - 1) / kRows;
-  global_pool().parallel_for(p.batch * p.hq * blocks, [&](std::int64_t t) {
+  global_pool()->parallel_for(p.batch * p.hq * blocks, [&](std::int64_t t) {
     const std::int64_t i0 = (t % blocks) * kRows, bh = t / blocks;
     wide_item(p, bh / p.hq, bh % p.hq, i0, std::min(i0 + kRows, p.nq));
   });

@@ -43,7 +43,7 @@ void gemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, Ma
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, Matrix a, Matrix b, float* c, std::int64_t ldc,
           const float* bias) {
   const std::int64_t tiles_m = (m + kTileRows - 1) / kTileRows, tiles_n = (n + kTileCols - 1) / kTileCols;
-  global_pool().parallel_for(tiles_m * tiles_n, [&](std::int64_t t) {
+  global_pool()->parallel_for(tiles_m * tiles_n, [&](std::int64_t t) {
     const std::int64_t i0 = (t / tiles_n) * kTileRows, j0 = (t % tiles_n) * kTileCols;
     const std::int64_t rows = std::min(kTileRows, m - i0), cols = std::min(kTileCols, n - j0);
     float* ct = c + i0 * ldc + j0;

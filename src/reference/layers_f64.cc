@@ -18,7 +18,7 @@ using Vec = std::vector<double>;
 Vec linear(const Vec& x, const std::vector<float>& w, const std::vector<float>& b, std::int64_t m,
            std::int64_t n, std::int64_t k) {
   Vec y(std::size_t(m * n));
-  detail::global_pool().parallel_for(m, [&](std::int64_t i) {
+  detail::global_pool()->parallel_for(m, [&](std::int64_t i) {
     for (std::int64_t j = 0; j < n; ++j) {
       double s[4] = {0, 0, 0, 0};  // four partial sums so the loop vectorizes
       std::int64_t p = 0;
@@ -63,7 +63,7 @@ Vec attend(const Vec& q, const Vec& k, const Vec& v, std::int64_t batch, std::in
   if (mask != nullptr) ms = detail::check_mask("reference", *mask, batch, hq, seq, seq).strides;
   Vec out(std::size_t(batch * seq * hq * dim));
   const double scale = 1.0 / std::sqrt(double(dim));
-  detail::global_pool().parallel_for(batch * hq, [&](std::int64_t item) {
+  detail::global_pool()->parallel_for(batch * hq, [&](std::int64_t item) {
     const std::int64_t b = item / hq, h = item % hq, kvh = h / (hq / hkv);
     Vec s(static_cast<std::size_t>(seq));
     for (std::int64_t i = 0; i < seq; ++i) {

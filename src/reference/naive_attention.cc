@@ -99,7 +99,7 @@ void attention_naive(const Tensor& q, const Tensor& k, const Tensor& v, const Te
                      const AttentionOptions& options, const Tensor* lse) {
   const AttentionParams p =
       detail::validate_attention("reference::attention_naive", q, k, v, &out, options, lse);
-  detail::global_pool().parallel_for(p.batch * p.hq, [&](std::int64_t item) {
+  detail::global_pool()->parallel_for(p.batch * p.hq, [&](std::int64_t item) {
     const std::int64_t b = item / p.hq, h = item % p.hq;
     const SeqSpan s = detail::seq_span(p, b);
     std::vector<float> S(std::size_t(s.len_q * s.len_k));

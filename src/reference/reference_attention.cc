@@ -23,7 +23,7 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
   const double scale = p.scale;
   const std::int64_t group = p.hq / p.hkv;
 
-  detail::global_pool().parallel_for(p.batch * p.hq, [&](std::int64_t item) {
+  detail::global_pool()->parallel_for(p.batch * p.hq, [&](std::int64_t item) {
     const std::int64_t b = item / p.hq, h = item % p.hq, kvh = h / group;
     const detail::SeqSpan s = detail::seq_span(p, b);
     std::vector<double> scores(std::size_t(s.len_k));

@@ -89,7 +89,7 @@ void ThreadPool::parallel_for(std::int64_t n, const Body& body) {
 
 namespace {
 std::mutex g_pool_mutex;
-std::unique_ptr<ThreadPool> g_pool;
+std::shared_ptr<ThreadPool> g_pool;
 int g_threads = 0;
 
 int hardware_threads() {
@@ -98,13 +98,13 @@ int hardware_threads() {
 }
 }  // namespace
 
-ThreadPool& global_pool() {
+std::shared_ptr<ThreadPool> global_pool() {
   std::lock_guard lock(g_pool_mutex);
   if (!g_pool) {
     if (g_threads == 0) g_threads = hardware_threads();
-    g_pool = std::make_unique<ThreadPool>(g_threads);
+    g_pool = std::make_shared<ThreadPool>(g_threads);
   }
-  return *g_pool;
+  return g_pool;
 }
 
 }  // namespace mha::detail
@@ -118,7 +118,7 @@ void set_num_threads(int n) {
   }
   std::lock_guard lock(detail::g_pool_mutex);
   if (n == detail::g_threads && detail::g_pool) return;
-  detail::g_pool.reset();
+  detail::g_pool.reset();  // calls running on the old pool keep it until they return
   detail::g_threads = n;
 }
 

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -64,7 +65,9 @@ class ThreadPool {
   std::exception_ptr error_;
 };
 
-// The process-wide pool, sized by mha::set_num_threads (default: hardware concurrency).
-ThreadPool& global_pool();
+// The process-wide pool, sized by mha::set_num_threads (default: hardware concurrency). Callers
+// hold the returned pointer for the length of their call: set_num_threads replaces the global pool
+// without waiting, and the old one ends when its last call has returned.
+std::shared_ptr<ThreadPool> global_pool();
 
 }  // namespace mha::detail
