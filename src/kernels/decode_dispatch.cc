@@ -65,28 +65,35 @@ void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out
     for (std::int64_t r = 0; r < R; ++r) {
       const std::int64_t i = r / G, h = g * G + r % G;
       auto partial = [&](std::int64_t c) { return items[std::size_t(c)].partial + (g * R + r) * (p.d + 2); };
+      // A chunk whose l is NaN saw a poisoned score: the whole row is NaN (README, "NaN and inf").
       float M = -std::numeric_limits<float>::infinity();
-      for (std::int64_t c = i0; c < i1; ++c) M = std::max(M, partial(c)[0]);
+      bool poisoned = false;
+      for (std::int64_t c = i0; c < i1; ++c) {
+        M = std::max(M, partial(c)[0]);
+        poisoned = poisoned || std::isnan(partial(c)[1]);
+      }
       float Lsum = 0;
       for (std::int64_t c = i0; c < i1; ++c) {
         const float* pr = partial(c);
         weight[std::size_t(c - i0)] =
-            pr[1] > 0 ? std::exp(pr[0] - M) : 0.f;  // a chunk with no visible key adds 0
-        Lsum += pr[1] * weight[std::size_t(c - i0)];
+            pr[1] > 0 ? pr[1] * std::exp(pr[0] - M) : 0.f;  // a chunk with no visible key adds 0
+        Lsum += weight[std::size_t(c - i0)];
       }
+      // Each chunk's O is normalized: the row is their convex combination, weights l_c·e^(m_c−M)/L.
       float acc[kMaxHeadDim] = {};
+      const float inv = Lsum > 0 ? 1.f / Lsum : 0.f;
       for (std::int64_t c = i0; c < i1; ++c) {
-        const float wc = weight[std::size_t(c - i0)];
+        const float wc = weight[std::size_t(c - i0)] * inv;
         const float* o = partial(c) + 2;
         for (std::int64_t e = 0; e < p.d; ++e) acc[e] += wc * o[e];
       }
-      const float inv = Lsum > 0 ? 1.f / Lsum : 0.f;
+      const float nan = std::numeric_limits<float>::quiet_NaN();
       const std::int64_t obase = b * out_stride[0] + i * out_stride[1] + h * out_stride[2];
       for (std::int64_t e = 0; e < p.d; ++e)
-        store_f32(out, out_dtype, obase + e * out_stride[3], acc[e] * inv);
+        store_f32(out, out_dtype, obase + e * out_stride[3], poisoned ? nan : acc[e]);
       if (lse != nullptr)
         lse[b * lse_stride[0] + h * lse_stride[1] + i * lse_stride[2]] =
-            Lsum > 0 ? M + std::log(Lsum) : -std::numeric_limits<float>::infinity();
+            poisoned ? nan : Lsum > 0 ? M + std::log(Lsum) : -std::numeric_limits<float>::infinity();
     }
   });
 }

@@ -211,13 +211,25 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     // Scale (times int8's K scale); keys past the tile or past the row's causal limit get -inf.
     const std::int64_t visible = std::min(nt, limit[r]);
     Vec::T mv = neg_inf;
+    Vec::T bad = Vec::zero();  // NaN in a lane once a visible score is not finite (README, "NaN and inf")
     for (std::int64_t t = 0; t < T; t += N) {
       Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(Vec::set1(scale), Vec::load(kscale + t)));
       // keep_lanes wants hi within [-1, N]: a row may see none of this tile (visible <= 0).
-      if (visible < t + N)
-        x = Vec::keep_lanes(x, 0, int(std::max<std::int64_t>(visible - t, 0)) - 1, neg_inf);
+      if (visible < t + N) {
+        const int hi = int(std::max<std::int64_t>(visible - t, 0)) - 1;
+        bad = Vec::add(bad, Vec::keep_lanes(Vec::mul(x, Vec::zero()), 0, hi, Vec::zero()));
+        x = Vec::keep_lanes(x, 0, hi, neg_inf);
+      } else {
+        bad = Vec::fmadd(x, Vec::zero(), bad);
+      }
       Vec::store(s + t, x);
       mv = Vec::max(mv, x);
+    }
+    if (__builtin_isnan(Vec::hsum(bad)) || __builtin_isnan(w.l[r])) {  // poisoned: the row ends NaN
+      std::fill(s, s + T, 0.f);
+      w.alpha[r] = __builtin_nanf("");
+      w.l[r] = __builtin_nanf("");
+      continue;
     }
     float lanes[N];
     Vec::store(lanes, mv);
@@ -234,15 +246,25 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     for (std::int64_t t = 0; t < T; t += N) {
       const Vec::T p = exp(Vec::sub(Vec::load(s + t), mn));
       sum = Vec::add(sum, p);
-      Vec::store(s + t, Vec::mul(p, Vec::load(vscale + t)));
+      Vec::store(s + t, p);
     }
+    float alpha = 0.f;
     if (w.m[r] == kNegInf || w.m[r] == m_new) {
-      w.alpha[r] = w.m[r] == kNegInf ? 0.f : 1.f;
+      alpha = w.m[r] == kNegInf ? 0.f : 1.f;
     } else {
       Vec::store(lanes, exp(Vec::set1(w.m[r] - m_new)));
-      w.alpha[r] = lanes[0];
+      alpha = lanes[0];
     }
-    w.l[r] = w.l[r] * w.alpha[r] + Vec::hsum(sum);
+    // O stays normalized (a convex combination of V rows, so it cannot overflow where the answer
+    // does not): P is divided by the new sum (>= 1: the max's own exp(0)), the old O rescaled by
+    // alpha·l_old/l_new.
+    const float l_new = w.l[r] * alpha + Vec::hsum(sum);
+    const float inv = 1.f / l_new;
+    const Vec::T vinv = Vec::set1(inv);
+    for (std::int64_t t = 0; t < T; t += N)
+      Vec::store(s + t, Vec::mul(Vec::load(s + t), Vec::mul(Vec::load(vscale + t), vinv)));
+    w.alpha[r] = alpha * w.l[r] * inv;
+    w.l[r] = l_new;
     w.m[r] = m_new;
   }
 }

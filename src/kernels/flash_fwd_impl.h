@@ -281,23 +281,40 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   // Is every (row, key) of this tile inside the window? Then no per-element test is needed.
   const bool all_visible = (p.window_left < 0 || kb >= (it.t.q_end - 1) + it.off - p.window_left) &&
                            (p.window_right < 0 || kb + cols - 1 <= it.t.q_begin + it.off + p.window_right);
+  const Vec::T zero = Vec::zero(), one = Vec::set1(1.0f);
   for (std::int64_t v = 0; v < it.qv_rows; ++v) {
     const std::int64_t row0 = it.t.q_begin + v * N;  // local row of lane 0
     Vec::T mx = neg_inf;
+    // NaN in a lane once a visible score of its row is not finite before the mask (q·k·scale of
+    // NaN or inf inputs, or an overflow): x·0 is 0 for finite x and NaN otherwise. It joins the
+    // row's sum below, so the row's l is NaN and store_rows writes NaN. A NaN or +inf reached
+    // through the mask poisons l through max and exp.
+    Vec::T bad = zero;
     for (std::int64_t j = 0; j < cols; ++j) {
       float* sp = it.S + j * BQ + v * N;
       Vec::T x = Vec::mul(Vec::load(sp), scale);
-      if (it.mask_per_row) {
-        x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
-      } else if (it.mbase != nullptr) {
-        x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
-      }
-      if (!all_visible) {  // rows that see key kb + j: [key - off - right, key - off + left]
+      if (all_visible) {
+        bad = Vec::fmadd(x, zero, bad);
+      } else {  // rows that see key kb + j: [key - off - right, key - off + left]
         const std::int64_t key = kb + j;
         const std::int64_t lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
         const std::int64_t hi =
             p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
+        bad = Vec::add(bad, Vec::keep_lanes(Vec::mul(x, zero), int(lo), int(hi), zero));
+        if (it.mask_per_row) {
+          x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
+        } else if (it.mbase != nullptr) {
+          x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
+        }
         x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
+        Vec::store(sp, x);
+        mx = Vec::max(mx, x);
+        continue;
+      }
+      if (it.mask_per_row) {
+        x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
+      } else if (it.mbase != nullptr) {
+        x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
       }
       Vec::store(sp, x);
       mx = Vec::max(mx, x);
@@ -305,21 +322,34 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     const Vec::T m_old = Vec::load(it.m + v * N);
     const Vec::T m_new = Vec::max(m_old, mx);
     const Vec::T m_safe = Vec::zero_if_neg_inf(m_new);  // rows with nothing visible yet: p = 0
-    Vec::T sum = Vec::zero();
+    Vec::T sum = bad;
     for (std::int64_t j = 0; j < cols; ++j) {
       float* sp = it.S + j * BQ + v * N;
       const Vec::T e = exp(Vec::sub(Vec::load(sp), m_safe));
       Vec::store(sp, e);
       sum = Vec::add(sum, e);
     }
+    // O is kept normalized, a convex combination of V rows: P is divided by the new running sum
+    // before P·V and the old O rescaled by alpha·l_old/l_new, so no partial sum can leave V's range
+    // (v = 3e38 overflowed to inf when O held Σ e·v). l_new is 0 (nothing visible yet: P = 0), at
+    // least 1 (the max's own exp(0)), or NaN; max(1, l) keeps NaN (x86 max returns the second
+    // operand) and turns 0 into 1.
     const Vec::T a = exp(Vec::sub(m_old, m_safe));
-    Vec::store(it.alpha + v * N, a);
-    Vec::store(it.l + v * N, Vec::fmadd(Vec::load(it.l + v * N), a, sum));
+    const Vec::T l_old = Vec::load(it.l + v * N);
+    const Vec::T l_new = Vec::fmadd(l_old, a, sum);
+    const Vec::T inv = Vec::div(one, Vec::max(one, l_new));
+    for (std::int64_t j = 0; j < cols; ++j) {
+      float* sp = it.S + j * BQ + v * N;
+      Vec::store(sp, Vec::mul(Vec::load(sp), inv));
+    }
+    Vec::store(it.alpha + v * N, Vec::mul(Vec::mul(a, l_old), inv));
+    Vec::store(it.l + v * N, l_new);
     Vec::store(it.m + v * N, m_new);
   }
 }
 
-// Normalize and store; a row that saw no visible key (l == 0) stores zeros and lse = -inf.
+// Store the (already normalized) rows; a row that saw no visible key (l == 0) stores zeros and
+// lse = -inf, a poisoned row (l NaN) stores NaN and lse = NaN.
 void store_rows(const Item& it) {
   const AttentionParams& p = it.p;
   const std::size_t osz = elem_size(p.out_dtype);
@@ -328,7 +358,7 @@ void store_rows(const Item& it) {
       osz * std::size_t(it.s.batch_index * p.out_stride[0] +
                         (it.s.q_offset + it.t.q_begin) * p.out_stride[1] + it.t.h * p.out_stride[2]);
   for (std::int64_t r = 0; r < it.rows; ++r) {
-    const float inv = it.l[r] > 0.0f ? 1.0f / it.l[r] : 0.0f;
+    const float inv = it.l[r] > 0.0f ? 1.0f : it.l[r] == 0.0f ? 0.0f : __builtin_nanf("");
     char* orow = obase + osz * std::size_t(r * p.out_stride[1]);
     const float* src = it.O + r * it.DvP;
     if (p.out_dtype == DType::f32 && p.out_stride[3] == 1) {
@@ -343,7 +373,7 @@ void store_rows(const Item& it) {
     if (p.lse != nullptr)
       p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] +
             (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
-          it.l[r] > 0.0f ? it.m[r] + __builtin_logf(it.l[r]) : kNegInf;
+          it.l[r] > 0.0f ? it.m[r] + __builtin_logf(it.l[r]) : it.l[r] == 0.0f ? kNegInf : __builtin_nanf("");
   }
 }
 

@@ -27,6 +27,7 @@ struct Vec {
   static T fmadd(T a, T b, T c) { return _mm512_fmadd_ps(a, b, c); }
   static T fnmadd(T a, T b, T c) { return _mm512_fnmadd_ps(a, b, c); }
   static T mul(T a, T b) { return _mm512_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm512_div_ps(a, b); }
   static T add(T a, T b) { return _mm512_add_ps(a, b); }
   static T sub(T a, T b) { return _mm512_sub_ps(a, b); }
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
@@ -81,6 +82,7 @@ struct Vec {
   static T fmadd(T a, T b, T c) { return _mm256_fmadd_ps(a, b, c); }
   static T fnmadd(T a, T b, T c) { return _mm256_fnmadd_ps(a, b, c); }
   static T mul(T a, T b) { return _mm256_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm256_div_ps(a, b); }
   static T add(T a, T b) { return _mm256_add_ps(a, b); }
   static T sub(T a, T b) { return _mm256_sub_ps(a, b); }
   static T max(T a, T b) { return _mm256_max_ps(a, b); }
@@ -136,6 +138,7 @@ struct Vec {
   static T fmadd(T a, T b, T c) { return _mm_add_ps(_mm_mul_ps(a, b), c); }
   static T fnmadd(T a, T b, T c) { return _mm_sub_ps(c, _mm_mul_ps(a, b)); }
   static T mul(T a, T b) { return _mm_mul_ps(a, b); }
+  static T div(T a, T b) { return _mm_div_ps(a, b); }
   static T add(T a, T b) { return _mm_add_ps(a, b); }
   static T sub(T a, T b) { return _mm_sub_ps(a, b); }
   static T max(T a, T b) { return _mm_max_ps(a, b); }
@@ -191,10 +194,11 @@ constexpr int bf16_pair_index(int i) {
 // exp(x) for x <= ~88: x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), exp(r) by
 // a degree-7 Taylor polynomial (truncation < 6e-9 relative), 2^n put in the exponent field. About
 // 2 ulp; exactly 0 below -87 (including -inf), where the true value is < 2^-125 and negligible
-// next to the row maximum's exp(0) = 1.
+// next to the row maximum's exp(0) = 1. NaN in, NaN out: x86 max returns its second operand when
+// either is NaN, so x goes second.
 inline Vec::T exp(Vec::T x) {
   const Vec::T lo = Vec::set1(-87.0f);
-  const Vec::T xc = Vec::max(x, lo);
+  const Vec::T xc = Vec::max(lo, x);
   const Vec::T shifter = Vec::set1(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
   const Vec::T n = Vec::sub(Vec::fmadd(xc, Vec::set1(1.44269504088896341f), shifter), shifter);
   Vec::T r = Vec::fnmadd(n, Vec::set1(0.693145751953125f), xc);

@@ -37,27 +37,39 @@ void scores(const AttentionParams& p, const SeqSpan& s, std::int64_t h, std::vec
   }
 }
 
-// Steps 2-4: scale, add the mask, mask out what causal/window hide.
+// Steps 2-4: scale, add the mask, mask out what causal/window hide. A row is poisoned (all NaN)
+// when a visible key's q·k or scaled score is not finite, or its masked score is NaN or +inf
+// (README, "NaN and inf"); a -inf mask entry only masks.
 void scale_and_mask(const AttentionParams& p, const SeqSpan& s, std::int64_t b, std::int64_t h,
-                    std::vector<float>& S) {
+                    std::vector<float>& S, std::vector<char>& poisoned) {
   for (std::int64_t i = 0; i < s.len_q; ++i) {
     for (std::int64_t j = 0; j < s.len_k; ++j) {
       float& x = S[std::size_t(i * s.len_k + j)];
+      const bool visible = detail::key_visible(p, s, i, j);
+      if (visible && !std::isfinite(x)) poisoned[std::size_t(i)] = 1;
       x = round_to(p.in_dtype, x * p.scale);
+      if (visible && !std::isfinite(x)) poisoned[std::size_t(i)] = 1;
       if (p.mask != nullptr)
         x = round_to(p.in_dtype, x + load_f32(p.mask, p.mask_dtype,
                                               b * p.mask_stride[0] + h * p.mask_stride[1] +
                                                   i * p.mask_stride[2] + j * p.mask_stride[3]));
-      if (!detail::key_visible(p, s, i, j)) x = kNegInf;
+      if (visible && (std::isnan(x) || x == -kNegInf)) poisoned[std::size_t(i)] = 1;
+      if (!visible) x = kNegInf;
     }
   }
 }
 
 // Step 5: P = softmax(S) row by row, in f32, stored in the working dtype. A row with every key
 // masked gets P = 0 and lse = -inf (a framework would give NaN; mha defines it as zeros).
-void softmax(const AttentionParams& p, const SeqSpan& s, std::vector<float>& S, std::vector<float>& lse) {
+void softmax(const AttentionParams& p, const SeqSpan& s, std::vector<float>& S, std::vector<float>& lse,
+             const std::vector<char>& poisoned) {
   for (std::int64_t i = 0; i < s.len_q; ++i) {
     float* row = S.data() + i * s.len_k;
+    if (poisoned[std::size_t(i)]) {
+      for (std::int64_t j = 0; j < s.len_k; ++j) row[j] = std::numeric_limits<float>::quiet_NaN();
+      lse[std::size_t(i)] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
     float mx = kNegInf;
     for (std::int64_t j = 0; j < s.len_k; ++j) mx = row[j] > mx ? row[j] : mx;
     if (mx == kNegInf) {
@@ -104,9 +116,10 @@ void attention_naive(const Tensor& q, const Tensor& k, const Tensor& v, const Te
     const SeqSpan s = detail::seq_span(p, b);
     std::vector<float> S(std::size_t(s.len_q * s.len_k));
     std::vector<float> row_lse(std::size_t(s.len_q));
+    std::vector<char> poisoned(std::size_t(s.len_q), 0);
     scores(p, s, h, S);
-    scale_and_mask(p, s, b, h, S);
-    softmax(p, s, S, row_lse);
+    scale_and_mask(p, s, b, h, S, poisoned);
+    softmax(p, s, S, row_lse, poisoned);
     weighted_sum(p, s, h, S);
     if (p.lse != nullptr)
       for (std::int64_t i = 0; i < s.len_q; ++i)

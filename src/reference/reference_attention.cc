@@ -1,4 +1,5 @@
 // The float64 oracle. Deliberately plain: one query row at a time, every score kept in double.
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -31,6 +32,8 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
       const std::int64_t qrow = s.q_offset + i;
       const std::int64_t qoff = s.batch_index * p.q_stride[0] + qrow * p.q_stride[1] + h * p.q_stride[2];
       double mx = -std::numeric_limits<double>::infinity();
+      bool poisoned = false;  // README, "NaN and inf": the rule every path follows
+      constexpr double kF32Max = std::numeric_limits<float>::max();
       for (std::int64_t j = 0; j < s.len_k; ++j) {
         if (!detail::key_visible(p, s, i, j)) {
           scores[std::size_t(j)] = -std::numeric_limits<double>::infinity();
@@ -43,15 +46,24 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
           dot += double(load_f32(p.q, p.in_dtype, qoff + d * p.q_stride[3])) *
                  double(load_f32(p.k, p.in_dtype, koff + d * p.k_stride[3]));
         double sc = dot * scale;
+        // q·k and the scaled score are f32 values in every other path: beyond f32's range they are
+        // inf there, so the oracle poisons the row as they do.
+        if (!(std::fabs(dot) <= kF32Max) || !(std::fabs(sc) <= kF32Max)) poisoned = true;
         if (p.mask != nullptr)
           sc += double(load_f32(
               p.mask, p.mask_dtype,
               b * p.mask_stride[0] + h * p.mask_stride[1] + i * p.mask_stride[2] + j * p.mask_stride[3]));
+        if (std::isnan(sc) || sc > kF32Max) poisoned = true;
         scores[std::size_t(j)] = sc;
         if (sc > mx) mx = sc;
       }
       const std::size_t orow = std::size_t(((s.batch_index * rows_total + qrow) * p.hq + h) * p.dv);
       const std::size_t lrow = std::size_t((s.batch_index * p.hq + h) * rows_total + qrow);
+      if (poisoned) {
+        std::fill_n(r.out.begin() + std::ptrdiff_t(orow), p.dv, std::numeric_limits<double>::quiet_NaN());
+        r.lse[lrow] = std::numeric_limits<double>::quiet_NaN();
+        continue;
+      }
       if (mx == -std::numeric_limits<double>::infinity()) continue;  // all masked: zeros, -inf
       double sum = 0;
       for (std::int64_t j = 0; j < s.len_k; ++j) {
