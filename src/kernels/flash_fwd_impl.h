@@ -265,6 +265,8 @@ struct Fp32Dot {
 
 // Online softmax over one tile, N query rows per vector, down the key axis: scale, mask, window,
 // new running max, P = exp(S - max) in place, running sum, and the rescale factor per row.
+// kNormalized keeps O normalized (see below); the fast path leaves it as Σ e·v.
+template <bool kNormalized>
 void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   const AttentionParams& p = it.p;
   const Vec::T scale = Vec::set1(p.scale);
@@ -282,6 +284,7 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   const bool all_visible = (p.window_left < 0 || kb >= (it.t.q_end - 1) + it.off - p.window_left) &&
                            (p.window_right < 0 || kb + cols - 1 <= it.t.q_begin + it.off + p.window_right);
   const Vec::T zero = Vec::zero(), one = Vec::set1(1.0f);
+  (void)one;
   for (std::int64_t v = 0; v < it.qv_rows; ++v) {
     const std::int64_t row0 = it.t.q_begin + v * N;  // local row of lane 0
     Vec::T mx = neg_inf;
@@ -329,27 +332,47 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
       Vec::store(sp, e);
       sum = Vec::add(sum, e);
     }
-    // O is kept normalized, a convex combination of V rows: P is divided by the new running sum
-    // before P·V and the old O rescaled by alpha·l_old/l_new, so no partial sum can leave V's range
-    // (v = 3e38 overflowed to inf when O held Σ e·v). l_new is 0 (nothing visible yet: P = 0), at
-    // least 1 (the max's own exp(0)), or NaN; max(1, l) keeps NaN (x86 max returns the second
-    // operand) and turns 0 into 1.
     const Vec::T a = exp(Vec::sub(m_old, m_safe));
     const Vec::T l_old = Vec::load(it.l + v * N);
     const Vec::T l_new = Vec::fmadd(l_old, a, sum);
-    const Vec::T inv = Vec::div(one, Vec::max(one, l_new));
-    for (std::int64_t j = 0; j < cols; ++j) {
-      float* sp = it.S + j * BQ + v * N;
-      Vec::store(sp, Vec::mul(Vec::load(sp), inv));
+    if constexpr (kNormalized) {
+      // O kept a convex combination of V rows: P divided by the new running sum before P·V, the
+      // old O rescaled by alpha·l_old/l_new, so no partial sum leaves V's range. l_new is 0
+      // (nothing visible yet: P = 0), at least 1 (the max's own exp(0)), or NaN; max(1, l) keeps
+      // NaN (x86 max returns the second operand) and turns 0 into 1.
+      const Vec::T inv = Vec::div(one, Vec::max(one, l_new));
+      for (std::int64_t j = 0; j < cols; ++j) {
+        float* sp = it.S + j * BQ + v * N;
+        Vec::store(sp, Vec::mul(Vec::load(sp), inv));
+      }
+      Vec::store(it.alpha + v * N, Vec::mul(Vec::mul(a, l_old), inv));
+    } else {
+      Vec::store(it.alpha + v * N, a);
     }
-    Vec::store(it.alpha + v * N, Vec::mul(Vec::mul(a, l_old), inv));
     Vec::store(it.l + v * N, l_new);
     Vec::store(it.m + v * N, m_new);
   }
 }
 
-// Store the (already normalized) rows; a row that saw no visible key (l == 0) stores zeros and
-// lse = -inf, a poisoned row (l NaN) stores NaN and lse = NaN.
+// Whether Σ e·v overflowed: a row with a finite, positive sum whose O is not finite. Only V near
+// f32's limit does this (v = 3e38 over a few keys); the item then runs again normalized.
+bool overflowed(const Item& it) {
+  for (std::int64_t r = 0; r < it.rows; ++r) {
+    if (!(it.l[r] > 0.0f && it.l[r] < __builtin_inff())) continue;
+    const float* src = it.O + r * it.DvP;
+    Vec::T acc = Vec::zero();
+    std::int64_t d = 0;
+    for (; d + N <= it.Dv; d += N) acc = Vec::fmadd(Vec::load(src + d), Vec::zero(), acc);
+    float tail = 0;
+    for (; d < it.Dv; ++d) tail += src[d] * 0.0f;
+    if (__builtin_isnan(Vec::hsum(acc) + tail)) return true;
+  }
+  return false;
+}
+
+// Store the rows (normalized here unless the softmax already did); a row that saw no visible key
+// (l == 0) stores zeros and lse = -inf, a poisoned row (l NaN) stores NaN and lse = NaN.
+template <bool kNormalized>
 void store_rows(const Item& it) {
   const AttentionParams& p = it.p;
   const std::size_t osz = elem_size(p.out_dtype);
@@ -358,7 +381,9 @@ void store_rows(const Item& it) {
       osz * std::size_t(it.s.batch_index * p.out_stride[0] +
                         (it.s.q_offset + it.t.q_begin) * p.out_stride[1] + it.t.h * p.out_stride[2]);
   for (std::int64_t r = 0; r < it.rows; ++r) {
-    const float inv = it.l[r] > 0.0f ? 1.0f : it.l[r] == 0.0f ? 0.0f : __builtin_nanf("");
+    const float inv = it.l[r] > 0.0f ? (kNormalized ? 1.0f : 1.0f / it.l[r])
+                      : it.l[r] == 0.0f ? 0.0f
+                                        : __builtin_nanf("");
     char* orow = obase + osz * std::size_t(r * p.out_stride[1]);
     const float* src = it.O + r * it.DvP;
     if (p.out_dtype == DType::f32 && p.out_stride[3] == 1) {
@@ -377,8 +402,8 @@ void store_rows(const Item& it) {
   }
 }
 
-template <class Dot>
-void run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
+template <class Dot, bool kNormalized>
+bool run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
   Item it(p, t, scratch);
   Dot::load_q(it);
   std::memset(it.O, 0, std::size_t(BQ * it.DvP) * sizeof(float));
@@ -390,10 +415,17 @@ void run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
   for (std::int64_t kb = keys.begin; kb < keys.end; kb += BK) {
     const std::int64_t cols = keys.end - kb < BK ? keys.end - kb : BK;
     Dot::scores(it, kb, cols);
-    softmax_tile(it, kb, cols);
+    softmax_tile<kNormalized>(it, kb, cols);
     Dot::accumulate(it, kb, cols);
   }
-  store_rows(it);
+  if (!kNormalized && overflowed(it)) return false;  // nothing written
+  store_rows<kNormalized>(it);
+  return true;
+}
+
+template <class Dot>
+void run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
+  if (!run_item<Dot, false>(p, t, scratch)) run_item<Dot, true>(p, t, scratch);
 }
 
 }  // namespace
