@@ -46,7 +46,8 @@ void expect_failure(const Result& r, int status, const std::string& fragment) {
 // Files in a directory other than those named: temporaries left behind.
 std::vector<std::string> files_in(const TempDir& dir) {
   std::vector<std::string> names;
-  for (const auto& e : std::filesystem::directory_iterator(dir.file(""))) names.push_back(e.path().filename());
+  for (const auto& e : std::filesystem::directory_iterator(dir.file("")))
+    names.push_back(e.path().filename());
   std::sort(names.begin(), names.end());
   return names;
 }
@@ -98,12 +99,13 @@ TEST(CliFailure, OutputsAppearTogetherOrNotAtAll) {
   write_bytes(dir.file("o.npy"), "old out");
   const std::string attend = small_inputs(dir);
   // --lse cannot be created: --out must keep its old contents.
-  expect_failure(run_sh(attend + " --out " + dir.file("o.npy") + " --lse " + dir.file("no/such/dir/l.npy")), 2,
-                 "l.npy");
+  expect_failure(run_sh(attend + " --out " + dir.file("o.npy") + " --lse " + dir.file("no/such/dir/l.npy")),
+                 2, "l.npy");
   EXPECT_EQ(read_bytes(dir.file("o.npy")), "old out");
   // A parent that is a file: the same.
   write_bytes(dir.file("file"), "");
-  expect_failure(run_sh(attend + " --out " + dir.file("o.npy") + " --lse " + dir.file("file/l.npy")), 2, "l.npy");
+  expect_failure(run_sh(attend + " --out " + dir.file("o.npy") + " --lse " + dir.file("file/l.npy")), 2,
+                 "l.npy");
   EXPECT_EQ(read_bytes(dir.file("o.npy")), "old out");
   // A directory as an output.
   expect_failure(run_sh(attend + " --out " + dir.file("")), 2, "directory");
@@ -122,7 +124,8 @@ TEST(CliFailure, AFullDiskOrASizeLimitKeepsTheOldFiles) {
   expect_failure(run_sh(attend + " --out /dev/full"), 2, "No space left");
   write_bytes(dir.file("o.npy"), "old out");
   write_bytes(dir.file("l.npy"), "old lse");
-  const Result r = run_sh("ulimit -f 64; " + attend + " --out " + dir.file("o.npy") + " --lse " + dir.file("l.npy"));
+  const Result r =
+      run_sh("ulimit -f 64; " + attend + " --out " + dir.file("o.npy") + " --lse " + dir.file("l.npy"));
   expect_failure(r, 2, "File too large");
   EXPECT_EQ(read_bytes(dir.file("o.npy")), "old out");
   EXPECT_EQ(read_bytes(dir.file("l.npy")), "old lse");
@@ -140,8 +143,8 @@ TEST(CliFailure, OutOfMemoryIsExitThreeWithAMessage) {
   save_npy(dir.file("q.npy"), DType::f32, {1, 65536, 16, 1}, q.data());
   save_npy(dir.file("k.npy"), DType::f32, {1, 16, 16, 1}, k.data());
   save_npy(dir.file("v.npy"), DType::f32, {1, 16, 16, 256}, v.data());
-  const std::string line = "ulimit -v 600000; MHA attend --q " + dir.file("q.npy") + " --k " + dir.file("k.npy") +
-                           " --v " + dir.file("v.npy") + " --out " + dir.file("o.npy");
+  const std::string line = "ulimit -v 600000; MHA attend --q " + dir.file("q.npy") + " --k " +
+                           dir.file("k.npy") + " --v " + dir.file("v.npy") + " --out " + dir.file("o.npy");
   expect_failure(run_sh(line), 3, "out of memory");
   EXPECT_FALSE(std::filesystem::exists(dir.file("o.npy")));
 }
@@ -168,15 +171,16 @@ TEST(CliFailure, ValidEmptyInputsSucceed) {
   std::vector<float> kv(48, 1.f);
   save_npy(dir.file("bq.npy"), DType::f32, {1, 2, 0, 4}, &z);  // [B, H, S, D]
   save_npy(dir.file("bk.npy"), DType::f32, {1, 2, 6, 4}, kv.data());
-  const Result bhsd = run_sh("MHA attend --layout bhsd --q " + dir.file("bq.npy") + " --k " + dir.file("bk.npy") +
-                             " --v " + dir.file("bk.npy") + " --out " + dir.file("o.npy") + " --lse " +
-                             dir.file("l.npy"));
+  const Result bhsd =
+      run_sh("MHA attend --layout bhsd --q " + dir.file("bq.npy") + " --k " + dir.file("bk.npy") + " --v " +
+             dir.file("bk.npy") + " --out " + dir.file("o.npy") + " --lse " + dir.file("l.npy"));
   EXPECT_EQ(bhsd.status, 0) << bhsd.output;
   float x = 0;
   save_npy(dir.file("e.npy"), DType::f32, {0, 2, 4}, &x);
   const std::string e = dir.file("e.npy");
-  const Result varlen = run_sh("MHA attend --q " + e + " --k " + e + " --v " + e + " --out " + dir.file("o.npy") +
-                               " --lse " + dir.file("l.npy") + " --cu-seqlens-q 0,0 --cu-seqlens-k 0,0");
+  const Result varlen =
+      run_sh("MHA attend --q " + e + " --k " + e + " --v " + e + " --out " + dir.file("o.npy") + " --lse " +
+             dir.file("l.npy") + " --cu-seqlens-q 0,0 --cu-seqlens-k 0,0");
   EXPECT_EQ(varlen.status, 0) << varlen.output;
 }
 
@@ -189,8 +193,8 @@ TEST(CliFailure, BadWeightFilesAreErrorsNotAborts) {
   for (int i = 0; i < 8; ++i) file[std::size_t(i)] = char((json.size() >> (8 * i)) & 0xff);
   write_bytes(dir.file("w.safetensors"), file + json + std::string(8, '\0'));
   expect_failure(
-      run_sh("MHA demo bert --batch 1 --seq 8 --hidden 16 --heads 2 --weights " + dir.file("w.safetensors")), 2,
-      "malformed JSON");
+      run_sh("MHA demo bert --batch 1 --seq 8 --hidden 16 --heads 2 --weights " + dir.file("w.safetensors")),
+      2, "malformed JSON");
 }
 
 }  // namespace

@@ -30,8 +30,12 @@ void expect_error(F&& f, const std::string& argument) {
 }
 
 TEST(Hostile, AdmitChecksQVAndOutAgainstThePromptRows) {
-  DecodeEngine engine({.kv_heads = 1, .head_dim = 8, .dtype = CacheDType::f32, .max_seqs = 2,
-                       .max_seq_len = 128, .block_size = 16},
+  DecodeEngine engine({.kv_heads = 1,
+                       .head_dim = 8,
+                       .dtype = CacheDType::f32,
+                       .max_seqs = 2,
+                       .max_seq_len = 128,
+                       .block_size = 16},
                       2);
   std::vector<float> k(100 * 8), v(100 * 8), q(100 * 2 * 8), out(100 * 2 * 8), one(2 * 8, 7.f);
   const Tensor tk = Tensor::contiguous(k.data(), DType::f32, {100, 1, 8});
@@ -55,8 +59,12 @@ TEST(Hostile, AdmitChecksQVAndOutAgainstThePromptRows) {
 TEST(Hostile, KvCacheSizesThatWouldWrapAreRefused) {
   expect_error<InvalidArgument>(
       [] {
-        KvCache c({.kv_heads = 1, .head_dim = 8, .max_seqs = 1, .max_seq_len = 16,
-                   .block_size = std::int64_t(1) << 62, .num_blocks = 1});
+        KvCache c({.kv_heads = 1,
+                   .head_dim = 8,
+                   .max_seqs = 1,
+                   .max_seq_len = 16,
+                   .block_size = std::int64_t(1) << 62,
+                   .num_blocks = 1});
       },
       "block_size");
   // 2^20 kv heads × 256 × 2^20 sequences × 2^30 tokens: no product of these fits in memory.

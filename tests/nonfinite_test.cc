@@ -110,7 +110,8 @@ TEST_P(NonFinite, TheMaskMasksWithMinusInfAndPoisonsWithNaNOrPlusInf) {
   Inputs in;
   in.use_mask = true;
   in.mask[3 * Inputs::N + 10] = -kInf;  // masks one key of row 3
-  for (std::int64_t j = 0; j < Inputs::N; ++j) in.mask[std::size_t(7 * Inputs::N + j)] = -kInf;  // row 7: none
+  for (std::int64_t j = 0; j < Inputs::N; ++j)
+    in.mask[std::size_t(7 * Inputs::N + j)] = -kInf;  // row 7: none
   in.mask[20 * Inputs::N + 65] = kNaN;
   in.mask[21 * Inputs::N + 2] = kInf;
   expect_rule(in, rows({20, 21}));
@@ -135,7 +136,8 @@ TEST_P(NonFinite, ValuesNearTheF32LimitGiveTheirFiniteAnswer) {
   Inputs in;
   for (float& x : in.q) x = 0;  // uniform attention: out = mean of v
   for (std::int64_t j = 0; j < Inputs::N; ++j)
-    for (std::int64_t d = 0; d < Inputs::D; ++d) in.v[std::size_t(j * Inputs::D + d)] = d == 0 ? 3e38f : -3e38f;
+    for (std::int64_t d = 0; d < Inputs::D; ++d)
+      in.v[std::size_t(j * Inputs::D + d)] = d == 0 ? 3e38f : -3e38f;
   expect_rule(in, rows({}));
   std::vector<float> out(Inputs::N * Inputs::D);
   attention(in.t(in.q), in.t(in.k), in.t(in.v), in.t(out));
@@ -162,8 +164,10 @@ TEST_P(NonFinite, DecodeFollowsTheSameRule) {
     EXPECT_EQ(std::isnan(lse[std::size_t(h)]), nan) << "head " << h;
     for (std::int64_t d = 0; d < D; ++d) {
       const float o = out[std::size_t(h * D + d)];
-      if (nan) EXPECT_TRUE(std::isnan(o)) << "head " << h;
-      else EXPECT_NEAR(o, 3e38f, 3e38f * 1e-5f) << "head " << h;
+      if (nan)
+        EXPECT_TRUE(std::isnan(o)) << "head " << h;
+      else
+        EXPECT_NEAR(o, 3e38f, 3e38f * 1e-5f) << "head " << h;
     }
   }
 }

@@ -7,10 +7,8 @@
 #include <unistd.h>
 
 #include <csignal>
-#include <filesystem>
-#include <unistd.h>
-
 #include <cstring>
+#include <filesystem>
 #include <vector>
 
 #include "mha/errors.h"

@@ -108,7 +108,8 @@ TEST(SafeTensors, EachBadFileIsAnIoErrorNamingThePath) {
       // From the issue-12 probe: an element count that wraps to 0, a number past a double's range,
       // overlapping data, a hole between tensors, bytes after the last tensor.
       {"numel_wraps",
-       with_header(R"({"a":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})", "")},
+       with_header(R"({"a":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})",
+                   "")},
       {"huge_number", with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"x":1e999})",
                                   std::string(8, '\0'))},
       {"overlap", with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"

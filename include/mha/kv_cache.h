@@ -58,8 +58,8 @@ class KvCache {
   // positions[i] + n_tokens (writing below the length rewinds: speculative tokens rejected). All or
   // nothing: every argument and the capacity are checked before anything is written, so an error
   // leaves every sequence as it was. InvalidArgument: shapes, inactive or repeated sequences, a
-  // position past the length (a hole), a NaN or inf bound for an int8 cache. CapacityExceeded: past max_seq_len ("positions"), or the
-  // pool has too few free blocks ("cache").
+  // position past the length (a hole), a NaN or inf bound for an int8 cache. CapacityExceeded: past
+  // max_seq_len ("positions"), or the pool has too few free blocks ("cache").
   void write(std::span<const std::int32_t> seqs, std::span<const std::int32_t> positions, const Tensor& k,
              const Tensor& v);
   // A prefill: k, v [n_tokens, Hkv, D] at positions [0, n_tokens) of one sequence.

@@ -61,7 +61,8 @@ Tensor Tensor::bhsd(void* data, DType dtype, std::int64_t b, std::int64_t s, std
   t.rank = 4;
   t.shape = {b, s, h, d};
   std::int64_t sd = 0, hsd = 0, n = 0;
-  if (__builtin_mul_overflow(s, d, &sd) || __builtin_mul_overflow(h, sd, &hsd) || __builtin_mul_overflow(b, hsd, &n))
+  if (__builtin_mul_overflow(s, d, &sd) || __builtin_mul_overflow(h, sd, &hsd) ||
+      __builtin_mul_overflow(b, hsd, &n))
     overflow(t);
   t.strides = {hsd, d, sd, 1};
   return t;

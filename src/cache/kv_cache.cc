@@ -119,7 +119,8 @@ KvCache::KvCache(const KvCacheConfig& config) : config_(config) {
     bad("max_seq_len", fmt::format("max_seq_len = {}, expected 1 to 2^30", c.max_seq_len));
   if (c.dtype != CacheDType::f32 && c.dtype != CacheDType::f16 && c.dtype != CacheDType::bf16 &&
       c.dtype != CacheDType::int8)
-    bad("dtype", fmt::format("dtype = {} is not a cache dtype, expected f32, f16, bf16 or int8", int(c.dtype)));
+    bad("dtype",
+        fmt::format("dtype = {} is not a cache dtype, expected f32, f16, bf16 or int8", int(c.dtype)));
   if (c.block_size < 0 || c.block_size > (std::int64_t(1) << 30) || (c.block_size & (c.block_size - 1)) != 0)
     bad("block_size",
         fmt::format("block_size = {}, expected 0 (contiguous) or a power of two up to 2^30", c.block_size));

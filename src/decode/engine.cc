@@ -37,9 +37,10 @@ std::int32_t DecodeEngine::admit(const Tensor& q, const Tensor& k, const Tensor&
     const bool query = t == &q || t == &out;
     const std::int64_t heads = query ? q_heads_ : c.kv_heads;
     if (t->shape[0] != n || t->shape[1] != heads || t->shape[2] != c.head_dim)
-      throw InvalidArgument(name, fmt::format("DecodeEngine.admit: {} is {}, expected [{}, {}, {}] ([n, {}, D] "
-                                              "with n = k.shape[0])",
-                                              name, t->describe(), n, heads, c.head_dim, query ? "Hq" : "Hkv"));
+      throw InvalidArgument(name,
+                            fmt::format("DecodeEngine.admit: {} is {}, expected [{}, {}, {}] ([n, {}, D] "
+                                        "with n = k.shape[0])",
+                                        name, t->describe(), n, heads, c.head_dim, query ? "Hq" : "Hkv"));
   }
   if (n < 1)
     throw InvalidArgument("k", "DecodeEngine.admit: the prompt has no tokens, expected at least one");

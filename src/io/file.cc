@@ -18,8 +18,8 @@ namespace mha::detail {
 namespace {
 
 [[noreturn]] void io_fail(const std::string& path, const char* what, const std::string& msg, int err) {
-  throw IoError(path, fmt::format("{} '{}': {}{}{}", what, path, msg, err ? ": " : "",
-                                  err ? std::strerror(err) : ""));
+  throw IoError(
+      path, fmt::format("{} '{}': {}{}{}", what, path, msg, err ? ": " : "", err ? std::strerror(err) : ""));
 }
 
 // The file a write to `path` lands in: symbolic links followed, so the rename replaces the file

@@ -143,7 +143,8 @@ Tensor NpyArray::view() {
 NpyArray parse_npy(std::span<const std::uint8_t> data, const std::string& path) {
   const std::int64_t file_size = std::int64_t(data.size());
   const char* pre = reinterpret_cast<const char*>(data.data());
-  if (file_size < 10) io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
+  if (file_size < 10)
+    io_fail(path, fmt::format("file of {} bytes is too short for an npy header", file_size));
   if (std::memcmp(pre, "\x93NUMPY", 6) != 0)
     io_fail(path, "bad magic, expected \\x93NUMPY (not an .npy file)");
   const int major = static_cast<unsigned char>(pre[6]);

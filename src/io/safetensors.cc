@@ -2,8 +2,8 @@
 
 #include <fmt/format.h>
 
-#include <cstring>
 #include <algorithm>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -60,7 +60,8 @@ SafeTensorInfo parse_entry(const std::string& path, const std::string& name, con
     if (n > (std::uint64_t(1) << 40)) bad(fmt::format("dimension {} is too large", n));
     t.shape.push_back(std::int64_t(n));
     // Checked: [2^40, 2^40] wraps to 0 elements and would pass as an empty tensor.
-    if (__builtin_mul_overflow(numel, n, &numel) || numel > (std::uint64_t(1) << 48)) bad("too many elements");
+    if (__builtin_mul_overflow(numel, n, &numel) || numel > (std::uint64_t(1) << 48))
+      bad("too many elements");
   }
   if (numel > 0 && numel * esize > data_bytes)
     io_fail(path, fmt::format("truncated: tensor '{}' needs {} bytes, but the file holds {} data bytes", name,
@@ -125,8 +126,9 @@ SafeTensors SafeTensors::parse(std::vector<std::uint8_t> bytes, const std::strin
   std::uint64_t at = 0;
   for (const auto& [info, name] : order) {
     if (info->begin != at)
-      io_fail(path, fmt::format("tensor '{}' starts at data byte {}, expected {}: data {} another tensor's", *name,
-                                info->begin, at, info->begin < at ? "overlapping" : "not indexed between it and"));
+      io_fail(path,
+              fmt::format("tensor '{}' starts at data byte {}, expected {}: data {} another tensor's", *name,
+                          info->begin, at, info->begin < at ? "overlapping" : "not indexed between it and"));
     at = info->end;
   }
   if (at != data_bytes)
@@ -185,7 +187,8 @@ void save_safetensors(const std::string& path, std::span<const SafeTensorEntry> 
       throw InvalidArgument("entries", fmt::format("tensor name '{}' repeated or reserved", e.name));
     std::uint64_t numel = 1;
     for (std::int64_t d : e.shape) {
-      if (d < 0 || __builtin_mul_overflow(numel, std::uint64_t(d), &numel) || numel > (std::uint64_t(1) << 48))
+      if (d < 0 || __builtin_mul_overflow(numel, std::uint64_t(d), &numel) ||
+          numel > (std::uint64_t(1) << 48))
         throw InvalidArgument("entries",
                               fmt::format("tensor '{}' has shape {}, expected non-negative sizes of at most "
                                           "2^48 elements",

@@ -93,7 +93,9 @@ void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out
         store_f32(out, out_dtype, obase + e * out_stride[3], poisoned ? nan : acc[e]);
       if (lse != nullptr)
         lse[b * lse_stride[0] + h * lse_stride[1] + i * lse_stride[2]] =
-            poisoned ? nan : Lsum > 0 ? M + std::log(Lsum) : -std::numeric_limits<float>::infinity();
+            poisoned   ? nan
+            : Lsum > 0 ? M + std::log(Lsum)
+                       : -std::numeric_limits<float>::infinity();
     }
   });
 }

@@ -63,7 +63,7 @@ void run_flash_fwd(const AttentionParams& p, FlashFwdKernel kernel) {
     for (std::size_t i = 0; i < items.size(); ++i) items[i] = costed[i].second;
   }
   global_pool()->parallel_for(std::int64_t(items.size()),
-                             [&](std::int64_t i) { kernel(p, items[std::size_t(i)], thread_scratch()); });
+                              [&](std::int64_t i) { kernel(p, items[std::size_t(i)], thread_scratch()); });
 }
 
 }  // namespace mha::detail

@@ -18,6 +18,10 @@
 //    of those registers, so it costs one multiply per O element per tile.
 // The products run through a dot policy: Fp32Dot (f32 FMAs, every ISA) or Bf16Dot (vdpbf16ps for
 // bf16 inputs, flash_fwd_bf16dot.h, AVX-512 BF16 only); softmax, masks and the store are shared.
+// NaN and inf (README): a visible score that is not finite joins the row's sum as NaN (x·0), so the
+// row stores NaN; O holds Σ e·v, and an item whose finite-sum row ends with a non-finite O (V near
+// f32's limit) runs again with P divided by the running sum each tile (kNormalized), so O stays a
+// convex combination of V rows. That pass cost ~20% at D = 64 when always on.
 // Traffic: Q once per item; each visible K/V tile once per item (from L2 for long sequences);
 // O stays in L1/L2 until the item ends. Working memory is kFlashScratchFloats per thread (~300 KB),
 // independent of the sequence lengths.
@@ -180,12 +184,15 @@ struct Item {
     qbase = static_cast<const char*>(p.q) +
             esz * std::size_t(s.batch_index * p.q_stride[0] + (s.q_offset + t.q_begin) * p.q_stride[1] +
                               t.h * p.q_stride[2]);
-    kbase =
-        static_cast<const char*>(p.k) +
-        esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + kvh * p.k_stride[2]);
-    vbase =
-        static_cast<const char*>(p.v) +
-        esz * std::size_t(s.batch_index * p.v_stride[0] + s.k_offset * p.v_stride[1] + kvh * p.v_stride[2]);
+    // k and v are null when they hold no keys (Nk = 0): no offset may be added to them then.
+    kbase = p.k == nullptr ? nullptr
+                           : static_cast<const char*>(p.k) +
+                                 esz * std::size_t(s.batch_index * p.k_stride[0] +
+                                                   s.k_offset * p.k_stride[1] + kvh * p.k_stride[2]);
+    vbase = p.v == nullptr ? nullptr
+                           : static_cast<const char*>(p.v) +
+                                 esz * std::size_t(s.batch_index * p.v_stride[0] +
+                                                   s.k_offset * p.v_stride[1] + kvh * p.v_stride[2]);
     msz = elem_size(p.mask_dtype);
     mbase = p.mask == nullptr ? nullptr
                               : static_cast<const char*>(p.mask) +
@@ -381,7 +388,7 @@ void store_rows(const Item& it) {
       osz * std::size_t(it.s.batch_index * p.out_stride[0] +
                         (it.s.q_offset + it.t.q_begin) * p.out_stride[1] + it.t.h * p.out_stride[2]);
   for (std::int64_t r = 0; r < it.rows; ++r) {
-    const float inv = it.l[r] > 0.0f ? (kNormalized ? 1.0f : 1.0f / it.l[r])
+    const float inv = it.l[r] > 0.0f    ? (kNormalized ? 1.0f : 1.0f / it.l[r])
                       : it.l[r] == 0.0f ? 0.0f
                                         : __builtin_nanf("");
     char* orow = obase + osz * std::size_t(r * p.out_stride[1]);
@@ -397,8 +404,10 @@ void store_rows(const Item& it) {
     }
     if (p.lse != nullptr)
       p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] +
-            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
-          it.l[r] > 0.0f ? it.m[r] + __builtin_logf(it.l[r]) : it.l[r] == 0.0f ? kNegInf : __builtin_nanf("");
+            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] = it.l[r] > 0.0f
+                                                                        ? it.m[r] + __builtin_logf(it.l[r])
+                                                                    : it.l[r] == 0.0f ? kNegInf
+                                                                                      : __builtin_nanf("");
   }
 }
 

@@ -64,7 +64,9 @@ MultiHeadAttention::MultiHeadAttention(MultiHeadAttention&&) noexcept = default;
 MultiHeadAttention& MultiHeadAttention::operator=(MultiHeadAttention&&) noexcept = default;
 
 std::size_t MultiHeadAttention::plans_built() const {
-  const std::lock_guard lock(*plan_mutex_); return plans_.size(); }
+  const std::lock_guard lock(*plan_mutex_);
+  return plans_.size();
+}
 
 namespace {
 
@@ -136,7 +138,9 @@ void MultiHeadAttention::forward_naive(const Tensor& x, const Tensor& out, const
                                        std::span<const std::int32_t> positions) const {
   constexpr const char* func = "MultiHeadAttention.forward_naive";
   const MultiHeadAttentionConfig& c = config_;
-  const auto [batch, seq, ms] = check_io(func, c, x, out, mask, positions);
+  const Io io = check_io(func, c, x, out, mask, positions);  // plain names: lambdas below capture them
+  const std::int64_t batch = io.batch, seq = io.seq;
+  const std::array<std::int64_t, 4>& ms = io.mask_strides;
   const std::int64_t rows = batch * seq, dh = c.head_dim, hq = c.heads, hkv = c.kv_heads;
   const float* xs = static_cast<const float*>(x.data);
   auto bias = [&](const std::vector<float>& b) { return c.bias ? b.data() : nullptr; };

@@ -62,11 +62,14 @@ SelfAttention::SelfAttention(SelfAttention&&) noexcept = default;
 SelfAttention& SelfAttention::operator=(SelfAttention&&) noexcept = default;
 
 std::size_t SelfAttention::plans_built() const {
-  const std::lock_guard lock(*plan_mutex_); return plans_.size(); }
+  const std::lock_guard lock(*plan_mutex_);
+  return plans_.size();
+}
 
 void SelfAttention::forward(const Tensor& x, const Tensor& out) {
   const std::lock_guard lock(*plan_mutex_);
-  const auto [batch, n] = check_io(kForward, x, out, w_.d_in, w_.d_out);
+  const auto io = check_io(kForward, x, out, w_.d_in, w_.d_out);
+  const std::int64_t batch = io.first, n = io.second;  // plain names: lambdas below capture them
   const std::int64_t rows = batch * n, d = w_.d_out, width = 3 * d;
   std::unique_ptr<Plan>& plan = plans_[{batch, n}];
   if (!plan) {

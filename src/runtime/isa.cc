@@ -16,8 +16,12 @@ bool cpu_has(Isa isa) {
   switch (isa) {
     case Isa::generic: return true;
     case Isa::avx2:
+#if defined(__clang__) && __clang_major__ < 15  // clang 14 knows no "f16c" here; every AVX2 CPU has it
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
              __builtin_cpu_supports("f16c");
+#endif
     case Isa::avx512:
       return cpu_has(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");

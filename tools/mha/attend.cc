@@ -3,12 +3,12 @@
 
 #include <optional>
 
-#include "commands.h"
-#include "mha/attention.h"
-#include "mha/errors.h"
 #include "api/validate.h"
+#include "commands.h"
 #include "io/file.h"
 #include "io/npy_write.h"
+#include "mha/attention.h"
+#include "mha/errors.h"
 #include "mha/npy.h"
 #include "runtime/dtype_convert.h"
 
@@ -49,8 +49,9 @@ Tensor input_view(NpyArray& a, const std::string& path, bool bhsd, bool varlen) 
 
 void run(const AttendArgs& args) {
   if (!args.lse.empty() && detail::same_file(args.lse, args.out))
-    throw InvalidArgument("--lse", fmt::format("--lse '{}' and --out '{}' are the same file, expected two files",
-                                               args.lse, args.out));
+    throw InvalidArgument(
+        "--lse",
+        fmt::format("--lse '{}' and --out '{}' are the same file, expected two files", args.lse, args.out));
   const bool bhsd = args.layout == "bhsd";
   const bool varlen = !args.cu_q.empty() || !args.cu_k.empty();
   NpyArray q = load_npy(args.q), k = load_npy(args.k), v = load_npy(args.v);

@@ -9,11 +9,11 @@
 
 #include "check/case.h"
 #include "commands.h"
-#include "options.h"
 #include "kernels/ceiling.h"
 #include "kernels/flash_fwd.h"
 #include "mha/errors.h"
 #include "mha/reference.h"
+#include "options.h"
 #include "report.h"
 #include "table.h"
 
@@ -67,8 +67,8 @@ std::vector<std::int64_t> parse_shape(const std::string& text) {
         "--shape", fmt::format("--shape '{}' has {} values, expected 6: B,Hq,Hkv,Nq,Nk,D", text, v.size()));
   for (std::int64_t x : v)
     if (x < 1)
-      throw InvalidArgument("--shape",
-                            fmt::format("--shape '{}': {} is not a size, expected B,Hq,Hkv,Nq,Nk,D >= 1", text, x));
+      throw InvalidArgument(
+          "--shape", fmt::format("--shape '{}': {} is not a size, expected B,Hq,Hkv,Nq,Nk,D >= 1", text, x));
   return v;
 }
 

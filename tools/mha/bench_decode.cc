@@ -9,11 +9,11 @@
 
 #include "check/random.h"
 #include "commands.h"
-#include "options.h"
 #include "kernels/ceiling.h"
 #include "mha/decode.h"
 #include "mha/errors.h"
 #include "mha/runtime.h"
+#include "options.h"
 #include "report.h"
 
 namespace mha::cli {

@@ -50,7 +50,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "mha: error: %s\n", e.what());
     return 2;
   } catch (const std::bad_alloc&) {
-    std::fprintf(stderr, "mha: error: out of memory (the request needs more than this process can allocate)\n");
+    std::fprintf(stderr,
+                 "mha: error: out of memory (the request needs more than this process can allocate)\n");
     return 3;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "mha: internal error: %s\n", e.what());
