@@ -290,8 +290,7 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   // Is every (row, key) of this tile inside the window? Then no per-element test is needed.
   const bool all_visible = (p.window_left < 0 || kb >= (it.t.q_end - 1) + it.off - p.window_left) &&
                            (p.window_right < 0 || kb + cols - 1 <= it.t.q_begin + it.off + p.window_right);
-  const Vec::T zero = Vec::zero(), one = Vec::set1(1.0f);
-  (void)one;
+  const Vec::T zero = Vec::zero();
   for (std::int64_t v = 0; v < it.qv_rows; ++v) {
     const std::int64_t row0 = it.t.q_begin + v * N;  // local row of lane 0
     Vec::T mx = neg_inf;
@@ -303,29 +302,21 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     for (std::int64_t j = 0; j < cols; ++j) {
       float* sp = it.S + j * BQ + v * N;
       Vec::T x = Vec::mul(Vec::load(sp), scale);
+      std::int64_t lo = 0, hi = N - 1;  // lanes whose row sees key kb + j
       if (all_visible) {
         bad = Vec::fmadd(x, zero, bad);
       } else {  // rows that see key kb + j: [key - off - right, key - off + left]
         const std::int64_t key = kb + j;
-        const std::int64_t lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
-        const std::int64_t hi =
-            p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
+        lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
+        hi = p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
         bad = Vec::add(bad, Vec::keep_lanes(Vec::mul(x, zero), int(lo), int(hi), zero));
-        if (it.mask_per_row) {
-          x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
-        } else if (it.mbase != nullptr) {
-          x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
-        }
-        x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
-        Vec::store(sp, x);
-        mx = Vec::max(mx, x);
-        continue;
       }
       if (it.mask_per_row) {
         x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
       } else if (it.mbase != nullptr) {
         x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
       }
+      if (!all_visible) x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
       Vec::store(sp, x);
       mx = Vec::max(mx, x);
     }
@@ -347,6 +338,7 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
       // old O rescaled by alpha·l_old/l_new, so no partial sum leaves V's range. l_new is 0
       // (nothing visible yet: P = 0), at least 1 (the max's own exp(0)), or NaN; max(1, l) keeps
       // NaN (x86 max returns the second operand) and turns 0 into 1.
+      const Vec::T one = Vec::set1(1.0f);
       const Vec::T inv = Vec::div(one, Vec::max(one, l_new));
       for (std::int64_t j = 0; j < cols; ++j) {
         float* sp = it.S + j * BQ + v * N;

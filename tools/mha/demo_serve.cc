@@ -56,13 +56,14 @@ void serve(const ServeArgs& a) {
                       a.heads);
   // A request admitted only when the pool holds its whole length: one longer than the pool would
   // wait forever (this loop once spun at 100 % CPU on --num-blocks 1).
-  for (const Request& r : pending)
-    if (engine.blocks_for(r.prompt + r.gen) > num_blocks)
+  for (const Request& r : pending) {
+    const std::int64_t need = engine.blocks_for(r.prompt + r.gen);
+    if (need > num_blocks)
       throw CapacityExceeded("--num-blocks",
                              fmt::format("demo serve: a request of {} + {} tokens needs {} blocks of {}, the "
                                          "pool has {}; expected --num-blocks >= {} or shorter requests",
-                                         r.prompt, r.gen, engine.blocks_for(r.prompt + r.gen), a.block_size,
-                                         num_blocks, engine.blocks_for(r.prompt + r.gen)));
+                                         r.prompt, r.gen, need, a.block_size, num_blocks, need));
+  }
   // Token vectors come from one random pool (their values do not change the work).
   const std::int64_t qrow = a.heads * a.head_dim, kvrow = a.kv_heads * a.head_dim;
   const std::vector<float> pool = check::normal_vector(
