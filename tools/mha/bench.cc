@@ -127,6 +127,7 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
 
   struct Measured {
     double flops, ms, naive_ms, peak_rss_mib, tensors_mib;
+    std::vector<std::int64_t> valid_keys;  // per sequence, for a padding mask
   };
   std::vector<Measured> measured;
   for (const BenchShape& s : shapes) {
@@ -143,6 +144,15 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
     m.peak_rss_mib = peak_rss_mib();
     m.tensors_mib =
         double(data.q.size() + data.k.size() + data.v.size() + storage.size()) / (1024.0 * 1024.0);
+    if (c.mask == MaskKind::padding) {  // so peers (scripts/bench-peers) can be given the same mask
+      const Tensor& mk = *data.options.mask;
+      const auto* mf = static_cast<const float*>(mk.data);
+      for (std::int64_t b = 0; b < mk.shape[0]; ++b) {
+        std::int64_t n = 0;
+        while (n < mk.shape[3] && mf[b * mk.shape[3] + n] == 0.0f) ++n;
+        m.valid_keys.push_back(n);
+      }
+    }
     measured.push_back(m);
   }
   measure_ceilings();
@@ -183,6 +193,7 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
                         {"gflops", gflops},
                         {"ceiling_gflops", ceiling},
                         {"fraction_of_ceiling", gflops / ceiling}};
+    if (!m.valid_keys.empty()) r["padding_valid_keys"] = m.valid_keys;
     std::string vs_naive = "-";
     if (s.with_naive) {
       r["naive_ms"] = m.naive_ms;
