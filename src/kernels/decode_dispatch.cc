@@ -14,7 +14,7 @@ namespace mha::detail {
 
 DecodeKernel decode_kernel(Isa isa) {
   switch (isa) {
-    case Isa::avx512bf16:
+    case Isa::avx512bf16: return &avx512bf16::decode_chunk;
     case Isa::avx512: return &avx512::decode_chunk;
     case Isa::avx2: return &avx2::decode_chunk;
     case Isa::generic: break;
@@ -23,7 +23,7 @@ DecodeKernel decode_kernel(Isa isa) {
 }
 
 std::int64_t decode_scratch_floats(const DecodeParams& p) {
-  return stage_offset(p) + kDecodeTile * p.hkv * p.d + 2 * p.hkv * kDecodeTile;
+  return stage_offset(p) + kDecodeTile * p.hkv * decode_ld(p.d) + 2 * p.hkv * kDecodeTile;
 }
 
 void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,

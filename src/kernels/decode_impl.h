@@ -2,11 +2,20 @@
 //
 // For memory-bound decoding the kernel must keep up with the cache stream: every K/V element is
 // loaded (and converted from bf16/f16/int8) once per item and used by all R query rows of the
-// group. Scores: blocks of RB = 4 rows × 2 keys accumulate along the head dim in vector lanes
-// (8 accumulators: one K load and one q load feed 2 and 4 FMAs) and are reduced once per
-// (row, key). P·V: O rows are updated two vectors wide for RB rows at a time, so each V load
-// feeds RB FMAs and O stays in registers across the tile's keys. The online softmax runs per
-// tile on the R × kDecodeTile score block with the vector exp.
+// group. Scores: blocks of SRB rows × 4 keys accumulate along the head dim in vector lanes (one K
+// load feeds SRB FMAs, one q load 4) and each row's 4 sums are reduced together (Vec::hsum4: 13
+// shuffles and adds for 4 sums; one horizontal sum per (row, key) cost as much as the FMAs and
+// held 32/8 GQA at 45 % of the read ceiling on Zen 4). P·V: O rows are updated two vectors wide
+// for RB rows at a time, so each V load feeds RB FMAs and O stays in registers across the tile's
+// keys. The online softmax runs per tile on the R × kDecodeTile score block with the vector exp.
+//
+// bf16 caches on AVX-512 BF16 (kDot) skip the widening: vdpbf16ps multiplies bf16 pairs into f32.
+// q is rounded to bf16 once per item and K rows are dotted in place, 32 elements per instruction;
+// V rows t, t+1 are interleaved into (v[t][c], v[t+1][c]) pairs as they are staged, and P is
+// rounded to bf16 pairs (p[t], p[t+1]), so O += P·V is one vdpbf16ps per 16 outputs per key pair.
+// Both roundings are the ones a bf16 model makes (the naive bf16 path, the accuracy yardstick,
+// rounds q, the scores and P); products are exact and accumulate in f32. It halves the work per
+// cache byte, which is what bounds GQA groups of 4 and more.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including decode_impl.h"
 #endif
@@ -14,6 +23,7 @@
 #include <algorithm>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "kernels/decode.h"
 #include "kernels/simd.h"
@@ -24,11 +34,20 @@ namespace {
 
 constexpr int N = Vec::N;
 constexpr std::int64_t T = kDecodeTile;
-constexpr int RB = 4;  // query rows per register block
+constexpr int RB = 4;                 // query rows per P·V register block
+constexpr int SRB = N == 16 ? 4 : 2;  // query rows per score block (× 4 keys of accumulators)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Cache element types (DecodeParams::cache_dtype).
 enum : int { kF32 = 0, kF16 = 1, kBf16 = 2, kI8 = 3 };
+
+#if defined(__AVX512BF16__)
+template <int DT>
+constexpr bool kDot = DT == kBf16;
+#else
+template <int DT>
+constexpr bool kDot = false;
+#endif
 
 template <int DT>
 Vec::T load_vec(const void* row, std::int64_t e) {
@@ -53,7 +72,7 @@ constexpr std::size_t elem_bytes(int dt) { return dt == kF32 ? 4 : dt == kI8 ? 1
 // so q is stored with the same permutation (dot products do not care about order) and O rows hold
 // it until they are written out.
 template <int DT>
-constexpr bool kPaired = DT == kBf16;
+constexpr bool kPaired = DT == kBf16 && !kDot<DT>;
 
 template <int DT>
 void load_pair(const void* row, std::int64_t e, Vec::T& a, Vec::T& b) {
@@ -83,69 +102,158 @@ void permute_row(const float* src, float* dst, std::int64_t d, bool to_paired) {
 }
 
 struct Scratch {
-  float* q;      // [R][d]
-  float* s;      // [R][T] scores, then probabilities (times the V scale for int8)
-  float* o;      // [R][d]
-  float* m;      // [R] running max
-  float* l;      // [R] running sum
-  float* alpha;  // [R] this tile's rescale of O
+  float* q;           // [R][ld]
+  std::uint16_t* qb;  // [R][ld] q rounded to bf16, zero past d (kDot)
+  float* s;           // [R][T] scores, then probabilities (times the V scale for int8)
+  std::uint32_t* pb;  // [R][T/2] probabilities as bf16 pairs (kDot)
+  float* o;           // [R][ld]
+  float* m;           // [R] running max
+  float* l;           // [R] running sum
+  float* alpha;       // [R] this tile's rescale of O
+  std::int64_t ld;    // row stride of q, qb and o
 };
 
-// Scores of rows [r0, r0 + rb) against keys t and t + 1 (when `two`): s[r][t] = q_r · k_t, unscaled.
+// Scores of rows [r0, r0 + rb) against keys t .. t + 3 (rows k[0..4)): s[r][t + i] = q_r · k_i,
+// unscaled. Keys past the tile repeat its last key; the softmax masks them.
 template <int DT, int rb>
-void score_pair(const Scratch& w, std::int64_t d, std::int64_t r0, const void* k0, const void* k1, bool two,
-                std::int64_t t) {
-  const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N);
-  Vec::T acc0[rb], acc1[rb];
+void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
+  const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N), ld = w.ld;
+  Vec::T acc[rb][4];
 #pragma GCC unroll 4
-  for (int r = 0; r < rb; ++r) acc0[r] = acc1[r] = Vec::zero();
+  for (int r = 0; r < rb; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) acc[r][i] = Vec::zero();
   for (std::int64_t e = 0; e < dv2; e += 2 * N) {
-    Vec::T a0, a1, b0, b1;
-    load_pair<DT>(k0, e, a0, a1);
-    load_pair<DT>(k1, e, b0, b1);
+    Vec::T a[4], b[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) load_pair<DT>(k[i], e, a[i], b[i]);
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      Vec::T q0 = Vec::load(w.q + (r0 + r) * d + e), q1 = Vec::load(w.q + (r0 + r) * d + e + N);
-      __asm__("" : "+x"(q0), "+x"(q1));  // one load feeds both keys (GCC would fold it into each FMA)
-      acc0[r] = Vec::fmadd(q0, a0, acc0[r]);
-      acc1[r] = Vec::fmadd(q0, b0, acc1[r]);
-      acc0[r] = Vec::fmadd(q1, a1, acc0[r]);
-      acc1[r] = Vec::fmadd(q1, b1, acc1[r]);
+      Vec::T q0 = Vec::load(w.q + (r0 + r) * ld + e), q1 = Vec::load(w.q + (r0 + r) * ld + e + N);
+      __asm__("" : "+x"(q0), "+x"(q1));  // one load feeds the 4 keys (GCC would fold it into each FMA)
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) {
+        acc[r][i] = Vec::fmadd(q0, a[i], acc[r][i]);
+        acc[r][i] = Vec::fmadd(q1, b[i], acc[r][i]);
+      }
     }
   }
   for (std::int64_t e = dv2; e < dv; e += N) {
-    const Vec::T a = load_vec<DT>(k0, e), b = load_vec<DT>(k1, e);
+    Vec::T a[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) a[i] = load_vec<DT>(k[i], e);
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      Vec::T qv = Vec::load(w.q + (r0 + r) * d + e);
-      __asm__("" : "+x"(qv));  // one load feeds both keys (GCC would fold it into each FMA)
-      acc0[r] = Vec::fmadd(qv, a, acc0[r]);
-      acc1[r] = Vec::fmadd(qv, b, acc1[r]);
+      Vec::T qv = Vec::load(w.q + (r0 + r) * ld + e);
+      __asm__("" : "+x"(qv));
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) acc[r][i] = Vec::fmadd(qv, a[i], acc[r][i]);
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < rb; ++r) {
-    float s0 = Vec::hsum(acc0[r]), s1 = Vec::hsum(acc1[r]);
-    for (std::int64_t e = dv; e < d; ++e) {  // head dims that are not a multiple of the width
-      s0 += w.q[(r0 + r) * d + e] * load_one<DT>(k0, e);
-      s1 += w.q[(r0 + r) * d + e] * load_one<DT>(k1, e);
-    }
-    w.s[(r0 + r) * T + t] = s0;
-    if (two) w.s[(r0 + r) * T + t + 1] = s1;
+    float* s = w.s + (r0 + r) * T + t;
+    Vec::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], s);
+    for (std::int64_t e = dv; e < d; ++e)  // head dims that are not a multiple of the width
+      for (int i = 0; i < 4; ++i) s[i] += w.q[(r0 + r) * ld + e] * load_one<DT>(k[i], e);
   }
 }
+
+#if defined(__AVX512BF16__)
+// Lanes [0, d - e) of 32 bf16 at row + e, zero past them (never read).
+inline __m512i load_bf16_chunk(const void* row, std::int64_t e, std::int64_t d) {
+  const __mmask32 m = d - e >= 32 ? ~__mmask32(0) : __mmask32((1u << (d - e)) - 1u);
+  return _mm512_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(row) + e);
+}
+
+// score_quad for kDot: 32 elements per vdpbf16ps, K rows dotted in place.
+template <int rb>
+void score_quad_dot(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
+  const std::int64_t ld = w.ld;
+  __m512 acc[rb][4];
+#pragma GCC unroll 4
+  for (int r = 0; r < rb; ++r)
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
+  for (std::int64_t e = 0; e < ld; e += 32) {
+    __m512i kv[4];
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) kv[i] = load_bf16_chunk(k[i], e, d);
+#pragma GCC unroll 4
+    for (int r = 0; r < rb; ++r) {
+      const __m512bh qv = (__m512bh)_mm512_loadu_si512(w.qb + (r0 + r) * ld + e);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], qv, (__m512bh)kv[i]);
+    }
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < rb; ++r) Vec::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], w.s + (r0 + r) * T + t);
+}
+
+// O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb), over `pairs` staged key pairs:
+// stage holds, per pair, ld/32 chunks of 64 bf16 (unpacklo, unpackhi of rows t and t + 1), and O is
+// in the lane order those unpacks give (bf16_pair_index), as in the f32 bf16 path.
+template <int rb>
+void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::int64_t pairs) {
+  const std::int64_t ld = w.ld;
+  for (std::int64_t e = 0; e < ld; e += 32) {
+    __m512 lo[rb], hi[rb];
+#pragma GCC unroll 4
+    for (int r = 0; r < rb; ++r) {
+      const __m512 a = _mm512_set1_ps(w.alpha[r0 + r]);
+      lo[r] = _mm512_mul_ps(_mm512_loadu_ps(w.o + (r0 + r) * ld + e), a);
+      hi[r] = _mm512_mul_ps(_mm512_loadu_ps(w.o + (r0 + r) * ld + e + 16), a);
+    }
+    for (std::int64_t tp = 0; tp < pairs; ++tp) {
+      const std::uint16_t* vs = stage + (tp * ld + e) * 2;
+      const __m512bh vlo = (__m512bh)_mm512_loadu_si512(vs), vhi = (__m512bh)_mm512_loadu_si512(vs + 32);
+#pragma GCC unroll 4
+      for (int r = 0; r < rb; ++r) {
+        const __m512bh pp = (__m512bh)_mm512_set1_epi32(int(w.pb[(r0 + r) * (T / 2) + tp]));
+        lo[r] = _mm512_dpbf16_ps(lo[r], pp, vlo);
+        hi[r] = _mm512_dpbf16_ps(hi[r], pp, vhi);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < rb; ++r) {
+      _mm512_storeu_ps(w.o + (r0 + r) * ld + e, lo[r]);
+      _mm512_storeu_ps(w.o + (r0 + r) * ld + e + 16, hi[r]);
+    }
+  }
+}
+
+// Stages V rows t, t + 1 of one head (b = nullptr past the tile: zeros) as bf16 pairs.
+inline void stage_pair(const void* a, const void* b, std::int64_t d, std::int64_t ld, std::uint16_t* dst) {
+  for (std::int64_t e = 0; e < ld; e += 32) {
+    const __m512i x = load_bf16_chunk(a, e, d),
+                  y = b != nullptr ? load_bf16_chunk(b, e, d) : _mm512_setzero_si512();
+    _mm512_storeu_si512(dst + 2 * e, _mm512_unpacklo_epi16(x, y));
+    _mm512_storeu_si512(dst + 2 * e + 32, _mm512_unpackhi_epi16(x, y));
+  }
+}
+
+// Rows' probabilities as bf16 pairs (round to nearest even, as f32_to_bf16).
+inline void pack_probabilities(const Scratch& w, std::int64_t rows) {
+  static_assert(T == 32);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(w.s + r * T + 16), _mm512_loadu_ps(w.s + r * T));
+    _mm512_storeu_si512(w.pb + r * (T / 2), (__m512i)x);
+  }
+}
+#endif
 
 // O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb).
 template <int DT, int rb>
 void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt) {
+  const std::int64_t ld = w.ld;
   std::int64_t e = 0;
   for (; e + 2 * N <= d; e += 2 * N) {
     Vec::T o0[rb], o1[rb];
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
       const Vec::T a = Vec::set1(w.alpha[r0 + r]);
-      o0[r] = Vec::mul(Vec::load(w.o + (r0 + r) * d + e), a);
-      o1[r] = Vec::mul(Vec::load(w.o + (r0 + r) * d + e + N), a);
+      o0[r] = Vec::mul(Vec::load(w.o + (r0 + r) * ld + e), a);
+      o1[r] = Vec::mul(Vec::load(w.o + (r0 + r) * ld + e + N), a);
     }
     for (std::int64_t t = 0; t < nt; ++t) {
       Vec::T v0, v1;
@@ -159,45 +267,31 @@ void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* con
     }
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      Vec::store(w.o + (r0 + r) * d + e, o0[r]);
-      Vec::store(w.o + (r0 + r) * d + e + N, o1[r]);
+      Vec::store(w.o + (r0 + r) * ld + e, o0[r]);
+      Vec::store(w.o + (r0 + r) * ld + e + N, o1[r]);
     }
   }
   for (; e < d; ++e) {  // the rest, one element at a time
     for (int r = 0; r < rb; ++r) {
-      float acc = w.o[(r0 + r) * d + e] * w.alpha[r0 + r];
+      float acc = w.o[(r0 + r) * ld + e] * w.alpha[r0 + r];
       for (std::int64_t t = 0; t < nt; ++t) acc += w.s[(r0 + r) * T + t] * load_one<DT>(vrow[t], e);
-      w.o[(r0 + r) * d + e] = acc;
+      w.o[(r0 + r) * ld + e] = acc;
     }
   }
 }
 
-template <int DT, template <int, int> class Block, class... Args>
-void for_row_blocks(std::int64_t R, Args... args) {
+// Calls f(r0, std::integral_constant<int, rb>) over R rows: blocks of B, then one of 3, 2 or 1.
+template <int B, class F>
+void for_row_blocks(std::int64_t R, F&& f) {
   std::int64_t r0 = 0;
-  for (; r0 + RB <= R; r0 += RB) Block<DT, RB>::run(r0, args...);
-  switch (R - r0) {
-    case 3: Block<DT, 3>::run(r0, args...); break;
-    case 2: Block<DT, 2>::run(r0, args...); break;
-    case 1: Block<DT, 1>::run(r0, args...); break;
-    default: break;
-  }
+  for (; r0 + B <= R; r0 += B) f(r0, std::integral_constant<int, B>{});
+  const std::int64_t rest = R - r0;
+  if constexpr (B > 3)
+    if (rest == 3) f(r0, std::integral_constant<int, 3>{});
+  if constexpr (B > 2)
+    if (rest == 2) f(r0, std::integral_constant<int, 2>{});
+  if (rest == 1) f(r0, std::integral_constant<int, 1>{});
 }
-
-template <int DT, int rb>
-struct Scores {
-  static void run(std::int64_t r0, const Scratch* w, std::int64_t d, const void* k0, const void* k1, bool two,
-                  std::int64_t t) {
-    score_pair<DT, rb>(*w, d, r0, k0, k1, two, t);
-  }
-};
-template <int DT, int rb>
-struct Pv {
-  static void run(std::int64_t r0, const Scratch* w, std::int64_t d, const void* const* rows,
-                  std::int64_t nt) {
-    pv_block<DT, rb>(*w, d, r0, rows, nt);
-  }
-};
 
 // Online softmax over the tile for every row: s becomes p (times the V scale), alpha the rescale.
 // kscale, vscale: [rows / rows_per_group][T], the int8 scales of each group's keys (else 1).
@@ -294,18 +388,22 @@ void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
 }
 
 // Memory order. An item covers every KV head of its tokens, and reads each cache row [Hkv·D]
-// front to back: scores go key pair by key pair through all heads, and V rows are copied, in row
+// front to back: scores go 4 keys at a time through all heads, and V rows are copied, in row
 // order, into [head][token] staging for P·V. Walking one head across the tile's rows instead
 // strides by a whole row and runs at half the read bandwidth (measured: 15 vs 27 GB/s on two
 // Zen 3 cores for 8 KV heads), because the prefetchers lose track of that many streams.
 template <int DT>
 void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
-  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, d = p.d, HR = p.hkv * R;
+  const std::int64_t G = p.hq / p.hkv, R = G * p.nq, d = p.d, HR = p.hkv * R, ld = decode_ld(d);
+  // Layout as stage_offset (decode.h) counts it.
   Scratch all;
+  all.ld = ld;
   all.q = scratch;
-  all.s = all.q + HR * d;
-  all.o = all.s + HR * T;
-  all.m = all.o + HR * d;
+  all.qb = reinterpret_cast<std::uint16_t*>(all.q + HR * ld);
+  all.s = all.q + HR * ld + HR * ld / 2;
+  all.pb = reinterpret_cast<std::uint32_t*>(all.s + HR * T);
+  all.o = all.s + HR * T + HR * T / 2;
+  all.m = all.o + HR * ld;
   all.l = all.m + HR;
   all.alpha = all.l + HR;
   std::int64_t* rel = reinterpret_cast<std::int64_t*>(all.alpha + HR + (HR & 1));  // [HR]
@@ -316,18 +414,23 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     for (std::int64_t i = 0; i < p.nq; ++i)
       for (std::int64_t j = 0; j < G; ++j) {
         const std::int64_t r = g * R + i * G + j;
-        permute_row<DT>(p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d, all.q + r * d, d, true);
+        const float* q = p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d;
+        if constexpr (kDot<DT>) {
+          for (std::int64_t e = 0; e < ld; ++e) all.qb[r * ld + e] = e < d ? f32_to_bf16(q[e]) : 0;
+        } else {
+          permute_row<DT>(q, all.q + r * ld, d, true);
+        }
         all.m[r] = kNegInf;
         all.l[r] = 0;
       }
-  std::fill(all.o, all.o + HR * d, 0.f);
+  std::fill(all.o, all.o + HR * ld, 0.f);
 
   const std::int32_t* table = p.tables + std::int64_t(p.seqs[it.b]) * p.blocks_per_seq;
   const std::size_t row_bytes = std::size_t(p.hkv * d) * elem_bytes(DT), hb = std::size_t(d) * elem_bytes(DT);
   const std::uint8_t *kbase[T], *vbase[T];
   const void* vrow[T];
   std::int64_t rows[T];
-  float* kscale = scratch + stage_offset(p) + T * p.hkv * d;  // [Hkv][T], after the V staging
+  float* kscale = scratch + stage_offset(p) + T * p.hkv * ld;  // [Hkv][T], after the V staging
   float* vscale = kscale + p.hkv * T;
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
     const std::int64_t nt = std::min(T, it.t1 - t0);
@@ -338,31 +441,70 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         vscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.v_scale[rows[t] * p.hkv + g] : 1.f;
       }
     for (std::int64_t r = 0; r < HR; ++r) rel[r] = L - p.nq + (r % R) / G + 1 - t0;
-    for (std::int64_t t = 0; t < nt; t += 2) {
-      const bool two = t + 1 < nt;
+    for (std::int64_t t = 0; t < nt; t += 4) {
       for (std::int64_t g = 0; g < p.hkv; ++g) {
-        const Scratch w{all.q + g * R * d, all.s + g * R * T, nullptr, nullptr, nullptr, nullptr};
-        const std::uint8_t* k0 = kbase[t] + std::size_t(g) * hb;
-        for_row_blocks<DT, Scores>(R, &w, d, static_cast<const void*>(k0),
-                                   static_cast<const void*>(two ? kbase[t + 1] + std::size_t(g) * hb : k0),
-                                   two, t);
+        Scratch w = all;
+        w.q = all.q + g * R * ld;
+        w.qb = all.qb + g * R * ld;
+        w.s = all.s + g * R * T;
+        const void* k[4];
+        for (int i = 0; i < 4; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hb;
+        for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
+#if defined(__AVX512BF16__)
+          if constexpr (kDot<DT>) return score_quad_dot<decltype(rb)::value>(w, d, r0, k, t);
+#endif
+          score_quad<DT, decltype(rb)::value>(w, d, r0, k, t);
+        });
       }
     }
-    for (std::int64_t t = 0; t < nt; ++t)
-      for (std::int64_t g = 0; g < p.hkv; ++g)
-        copy_bytes(stage_v + std::size_t(g * T + t) * hb, vbase[t] + g * hb, hb);
+#if defined(__AVX512BF16__)
+    if constexpr (kDot<DT>) {  // V as key pairs, [head][pair][ld·2]
+      auto* stage = reinterpret_cast<std::uint16_t*>(stage_v);
+      for (std::int64_t t = 0; t < nt; t += 2)
+        for (std::int64_t g = 0; g < p.hkv; ++g)
+          stage_pair(vbase[t] + g * hb, t + 1 < nt ? vbase[t + 1] + g * hb : nullptr, d, ld,
+                     stage + (g * (T / 2) + t / 2) * ld * 2);
+    } else
+#endif
+    {
+      for (std::int64_t t = 0; t < nt; ++t)
+        for (std::int64_t g = 0; g < p.hkv; ++g)
+          copy_bytes(stage_v + std::size_t(g * T + t) * hb, vbase[t] + g * hb, hb);
+    }
     softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel);
+#if defined(__AVX512BF16__)
+    if constexpr (kDot<DT>) pack_probabilities(all, HR);
+#endif
     for (std::int64_t g = 0; g < p.hkv; ++g) {
-      const Scratch w{nullptr, all.s + g * R * T, all.o + g * R * d, nullptr, nullptr, all.alpha + g * R};
+      Scratch w = all;
+      w.s = all.s + g * R * T;
+      w.pb = all.pb + g * R * (T / 2);
+      w.o = all.o + g * R * ld;
+      w.alpha = all.alpha + g * R;
+#if defined(__AVX512BF16__)
+      if constexpr (kDot<DT>) {
+        const auto* stage = reinterpret_cast<const std::uint16_t*>(stage_v) + g * (T / 2) * ld * 2;
+        for_row_blocks<RB>(
+            R, [&](std::int64_t r0, auto rb) { pv_dot<decltype(rb)::value>(w, r0, stage, (nt + 1) / 2); });
+        continue;
+      }
+#endif
       for (std::int64_t t = 0; t < nt; ++t) vrow[t] = stage_v + std::size_t(g * T + t) * hb;
-      for_row_blocks<DT, Pv>(R, &w, d, static_cast<const void* const*>(vrow), nt);
+      for_row_blocks<RB>(
+          R, [&](std::int64_t r0, auto rb) { pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt); });
     }
   }
   for (std::int64_t r = 0; r < HR; ++r) {
     float* out = it.partial + r * (d + 2);
     out[0] = all.m[r];
     out[1] = all.l[r];
-    permute_row<DT>(all.o + r * d, out + 2, d, false);
+    if constexpr (kDot<DT>) {  // O is in unpack order over whole 32-element chunks (pv_dot)
+      for (std::int64_t e = 0; e < ld; e += 32)
+        for (int i = 0; i < 32; ++i)
+          if (e + bf16_pair_index(i) < d) out[2 + e + bf16_pair_index(i)] = all.o[r * ld + e + i];
+    } else {
+      permute_row<DT>(all.o + r * ld, out + 2, d, false);
+    }
   }
 }
 

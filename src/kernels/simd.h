@@ -67,6 +67,18 @@ struct Vec {
     b = _mm512_castsi512_ps(_mm512_unpackhi_epi16(z, x));
   }
   static float hsum(T x) { return _mm512_reduce_add_ps(x); }
+  // out[0..4) = hsum(a), hsum(b), hsum(c), hsum(d): the four reductions share their shuffles
+  // (13 instructions instead of 4 × 8).
+  static void hsum4(T a, T b, T c, T d, float* out) {
+    const T ab = add(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const T cd = add(_mm512_unpacklo_ps(c, d), _mm512_unpackhi_ps(c, d));
+    const __m512d abd = _mm512_castps_pd(ab), cdd = _mm512_castps_pd(cd);
+    const T x =
+        add(_mm512_castpd_ps(_mm512_unpacklo_pd(abd, cdd)), _mm512_castpd_ps(_mm512_unpackhi_pd(abd, cdd)));
+    const __m256 y = _mm256_add_ps(_mm512_castps512_ps256(x),
+                                   _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(x), 1)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(y), _mm256_extractf128_ps(y, 1)));
+  }
 };
 
 #elif defined(__AVX2__)
@@ -122,6 +134,14 @@ struct Vec {
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+  }
+  static void hsum4(T a, T b, T c, T d, float* out) {  // see the AVX-512 version
+    const T ab = add(_mm256_unpacklo_ps(a, b), _mm256_unpackhi_ps(a, b));
+    const T cd = add(_mm256_unpacklo_ps(c, d), _mm256_unpackhi_ps(c, d));
+    const __m256d abd = _mm256_castps_pd(ab), cdd = _mm256_castps_pd(cd);
+    const T x =
+        add(_mm256_castpd_ps(_mm256_unpacklo_pd(abd, cdd)), _mm256_castpd_ps(_mm256_unpackhi_pd(abd, cdd)));
+    _mm_storeu_ps(out, _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1)));
   }
 };
 
@@ -180,6 +200,11 @@ struct Vec {
   static float hsum(T x) {
     const __m128 h = _mm_add_ps(x, _mm_movehl_ps(x, x));
     return _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+  }
+  static void hsum4(T a, T b, T c, T d, float* out) {                // see the AVX-512 version
+    const T ab = add(_mm_unpacklo_ps(a, b), _mm_unpackhi_ps(a, b));  // a0+a2 b0+b2 a1+a3 b1+b3
+    const T cd = add(_mm_unpacklo_ps(c, d), _mm_unpackhi_ps(c, d));
+    _mm_storeu_ps(out, add(_mm_movelh_ps(ab, cd), _mm_movehl_ps(cd, ab)));
   }
 };
 
