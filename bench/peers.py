@@ -246,6 +246,15 @@ def ort_decode(shape, kv_dtype, d, min_time, threads):
 # ---------------------------------------------------------------------------------------- reports
 
 
+def time_peers(run, **peers):
+    """Times each peer (a function returning (ms or None, why not)) into run[name]."""
+    for name, fn in peers.items():
+        ms, why = fn()
+        run[name].append(ms)
+        if why:
+            run["why"][name] = why
+
+
 def best(values):
     vals = [v for v in values if v is not None]
     return min(vals) if vals else None
@@ -305,12 +314,8 @@ def main():
                     run = runs[s["name"]]
                     run["mha"].append(m)
                     valid = m.get("padding_valid_keys")
-                    for peer, fn in (("torch", lambda: torch_forward(s, valid, a.min_time)),
-                                     ("ort", lambda: ort_forward(s, valid, a.min_time, threads))):
-                        ms, why = fn()
-                        run[peer].append(ms)
-                        if why:
-                            run["why"][peer] = why
+                    time_peers(run, torch=lambda: torch_forward(s, valid, a.min_time),
+                               ort=lambda: ort_forward(s, valid, a.min_time, threads))
                     print(f"  round {r + 1}/{a.rounds} {s['name']}: mha {m['ms']:.2f} ms, torch "
                           f"{run['torch'][-1]}, ort {run['ort'][-1]}", file=sys.stderr, flush=True)
             out(f"## Forward: mha vs PyTorch {torch.__version__ if torch else '—'} SDPA and ONNX Runtime "
@@ -357,12 +362,8 @@ def main():
                     for kv in ("bf16", "int8"):
                         run = runs.setdefault((shape, kv), {"mha": [], "torch": [], "ort": [], "why": {}})
                         run["mha"].append(mha_decode(a.mha, shape, kv, a.min_time, tmp))
-                        for peer, fn in (("torch", lambda: torch_decode(shape, kv, d, a.min_time)),
-                                         ("ort", lambda: ort_decode(shape, kv, d, a.min_time, threads))):
-                            ms, why = fn()
-                            run[peer].append(ms)
-                            if why:
-                                run["why"][peer] = why
+                        time_peers(run, torch=lambda: torch_decode(shape, kv, d, a.min_time),
+                                   ort=lambda: ort_decode(shape, kv, d, a.min_time, threads))
                         print(f"  round {r + 1}/{a.rounds} decode {shape} {kv}: mha "
                               f"{run['mha'][-1]['us']:.0f} µs", file=sys.stderr, flush=True)
             out(f"## Decode: one new token per sequence, head dim {d}, contiguous cache (best of "
