@@ -91,10 +91,24 @@ void load_pair(const void* row, std::int64_t e, Vec::T& a, Vec::T& b) {
 }
 
 // Copies a row of d floats between natural order and the paired order of DT (to_paired: natural
-// -> paired). Only whole 2N blocks are permuted; the tail stays in order.
+// -> paired). Only whole 2N blocks are permuted; the tail stays in order. kDot rows are padded to
+// whole 2N blocks (decode_ld) and every block is in pv_dot's unpack order, the last one too; only
+// the d natural positions are read or written.
 template <int DT>
 void permute_row(const float* src, float* dst, std::int64_t d, bool to_paired) {
   std::int64_t e = 0;
+  if constexpr (kDot<DT>) {
+    for (; e < d; e += 2 * N)
+      for (int i = 0; i < 2 * N; ++i) {
+        const std::int64_t j = e + bf16_pair_index(i);
+        if (j >= d) continue;
+        if (to_paired)
+          dst[e + i] = src[j];
+        else
+          dst[j] = src[e + i];
+      }
+    return;
+  }
   if constexpr (kPaired<DT>) {
     for (; e + 2 * N <= d; e += 2 * N)
       for (int i = 0; i < 2 * N; ++i) {
@@ -504,13 +518,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     float* out = it.partial + r * (d + 2);
     out[0] = all.m[r];
     out[1] = all.l[r];
-    if constexpr (kDot<DT>) {  // O is in unpack order over whole 32-element chunks (pv_dot)
-      for (std::int64_t e = 0; e < ld; e += 32)
-        for (int i = 0; i < 32; ++i)
-          if (e + bf16_pair_index(i) < d) out[2 + e + bf16_pair_index(i)] = all.o[r * ld + e + i];
-    } else {
-      permute_row<DT>(all.o + r * ld, out + 2, d, false);
-    }
+    permute_row<DT>(all.o + r * ld, out + 2, d, false);
   }
 }
 
