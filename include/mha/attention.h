@@ -28,6 +28,15 @@ struct AttentionOptions {
   // [B|1, Hq|1, max_seqlen_q|1, max_seqlen_k|1].
   std::span<const std::int32_t> cu_seqlens_q;
   std::span<const std::int32_t> cu_seqlens_k;
+  // Dropout on the attention probabilities (training): each probability is kept with chance
+  // 1 - dropout_p and then scaled by 1 / (1 - dropout_p), or zeroed. dropout_p in [0, 1). The keep
+  // decision of element (sequence b, head h, query i, key j) is drawn from Philox4x32-10 keyed by
+  // dropout_seed at a counter built from (b, h, i, j) and dropout_offset (see dropout_keep_mask), so
+  // the backward regenerates the same mask, and it does not depend on tiling, thread count, ISA,
+  // layout or batch packing. lse stays the log-sum-exp of the undropped probabilities.
+  float dropout_p = 0.0f;
+  std::uint64_t dropout_seed = 0;
+  std::uint64_t dropout_offset = 0;
 };
 
 // q   [B, Nq, Hq, D]   f32 | f16 | bf16

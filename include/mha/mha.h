@@ -2,6 +2,7 @@
 #pragma once
 
 #include "mha/attention.h"
+#include "mha/backward.h"
 #include "mha/errors.h"
 #include "mha/npy.h"
 #include "mha/reference.h"

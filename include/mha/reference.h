@@ -26,6 +26,24 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
 void attention_naive(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                      const AttentionOptions& options = {}, const Tensor* lse = nullptr);
 
+// Gradients of attention, row-major in the shapes of q, k and v.
+struct Gradients {
+  std::vector<double> dq, dk, dv;
+};
+
+// Float64 oracle of the backward: the analytic gradient of sum(dout ∘ attention(q, k, v)) over the
+// materialized score and probability matrices, dropout mask included (mha::dropout_keep_mask).
+// dout [B, Nq, Hq, Dv] (f32 or q's dtype). Validates like mha::attention.
+Gradients attention_backward_f64(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                                 const AttentionOptions& options = {});
+
+// The textbook backward in working precision (autograd of attention_naive): S, P, dP and dS
+// materialized, stored in q's dtype between steps for f16/bf16, products accumulated in f32; the
+// yardstick of the gradients' accuracy bar. dq/dk/dv as in mha::attention_backward.
+void attention_backward_naive(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& dout,
+                              const Tensor& dq, const Tensor& dk, const Tensor& dv,
+                              const AttentionOptions& options = {});
+
 // Float64 references of the layers: x and the weights are read as their f32 values, every step
 // after (projections, RoPE, softmax, products) is double. x [batch, n, d_in] row-major; returns
 // [batch, n, d_out] (SelfAttention) or [batch, seq, hidden] (MultiHeadAttention).

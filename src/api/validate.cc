@@ -243,6 +243,17 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
   p.scale = o.scale ? *o.scale : float(1.0 / std::sqrt(double(D)));
   if (!std::isfinite(p.scale)) fail(func, "scale", "scale = {}, expected a finite number", p.scale);
 
+  // dropout
+  if (!(o.dropout_p >= 0.0f && o.dropout_p < 1.0f))
+    fail(func, "dropout_p", "dropout_p = {}, expected a probability in [0, 1)", o.dropout_p);
+  if (o.dropout_p > 0.0f && std::uint64_t(p.batch) * std::uint64_t(Hq) > 0xffffffffull)
+    fail<Unsupported>(func, "dropout_p", "dropout over batch · heads = {} · {} rows streams, expected < 2^32",
+                      p.batch, Hq);
+  p.dropout_p = o.dropout_p;
+  p.keep_scale = float(1.0 / (1.0 - double(o.dropout_p)));
+  p.dropout_seed = o.dropout_seed;
+  p.dropout_offset = o.dropout_offset;
+
   // log-sum-exp output
   Span slse;
   if (lse != nullptr) {

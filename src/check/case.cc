@@ -43,6 +43,7 @@ std::string Case::options_string() const {
   }
   if (bhsd) s += " bhsd";
   if (scale) s += fmt::format(" scale={}", *scale);
+  if (dropout_p > 0) s += fmt::format(" dropout={}", dropout_p);
   return s;
 }
 
@@ -53,7 +54,8 @@ void fill_normal(std::vector<std::uint8_t>& buf, std::int64_t n, DType dt, Rando
   for (std::int64_t i = 0; i < n; ++i) store_f32(buf.data(), dt, i, float(rng.normal()));
 }
 
-// Values of a view in its logical (row-major over shape) order, as double.
+}  // namespace
+
 std::vector<double> to_double(const Tensor& t) {
   std::vector<double> out(std::size_t(t.numel()));
   std::size_t n = 0;
@@ -83,8 +85,6 @@ double dtype_eps(DType t) {
     default: return 0x1.0p-23;
   }
 }
-
-}  // namespace
 
 CaseData::CaseData(const Case& c) {
   Random rng(c.seed);
@@ -140,6 +140,9 @@ CaseData::CaseData(const Case& c) {
   options.window_left = c.window_left;
   options.window_right = c.window_right;
   options.scale = c.scale;
+  options.dropout_p = c.dropout_p;
+  options.dropout_seed = c.seed * 0x9E3779B97F4A7C15ull + 17;
+  options.dropout_offset = c.seed;
 }
 
 Tensor CaseData::make_out(std::vector<std::uint8_t>& storage, const Case& c) const {
@@ -170,8 +173,6 @@ Baseline compute_baseline(const Case& c, const CaseData& data) {
   return base;
 }
 
-namespace {
-
 // max |a - ref|; a mismatch in infinities counts as an infinite error.
 double max_abs_diff(const std::vector<double>& a, const std::vector<double>& ref) {
   double m = 0;
@@ -192,9 +193,6 @@ double max_abs_finite(const std::vector<double>& v) {
     if (std::isfinite(x)) m = std::max(m, std::fabs(x));
   return m;
 }
-
-
-}  // namespace
 
 bool meets_bar(const Accuracy& a) {
   return a.finite && a.max_err <= 2 * a.naive_max_err + a.floor &&

@@ -31,6 +31,7 @@ struct Case {
   std::optional<float> scale;
   std::vector<std::int32_t> seqlens_q, seqlens_k;  // non-empty: a varlen batch of these lengths
   bool with_lse = true;
+  float dropout_p = 0.0f;  // seed and offset derived from `seed`
   std::uint64_t seed = 1;
 
   std::int64_t head_dim_v() const { return dv == 0 ? d : dv; }
@@ -92,6 +93,13 @@ Accuracy measure(const Baseline& base, const Tensor& out, const Tensor* lse);
 
 // Runs mha::attention under `isa` and measures it against the baseline.
 Accuracy evaluate(const Case& c, const CaseData& data, const Baseline& base, Isa isa);
+
+// Helpers shared with the backward's checks (backward_case.h).
+std::vector<double> to_double(const Tensor& t);  // a view's values in logical row-major order
+Tensor view4(void* data, DType dt, bool bhsd, std::int64_t b, std::int64_t s, std::int64_t h, std::int64_t d);
+double dtype_eps(DType t);  // unit roundoff·2 of a dtype (2^-23, 2^-10, 2^-7)
+double max_abs_diff(const std::vector<double>& a, const std::vector<double>& ref);
+double max_abs_finite(const std::vector<double>& v);
 
 // The fixed sweep of the test suite: every option and head dim, odd sizes, each in every dtype.
 std::vector<Case> sweep_cases();

@@ -41,6 +41,11 @@ struct AttentionParams {
   // Varlen: sequence b spans rows [cu_q[b], cu_q[b+1]) of the tensors' seq axis (batch index 0).
   const std::int32_t* cu_q = nullptr;
   const std::int32_t* cu_k = nullptr;
+
+  // Dropout (philox.h): off when dropout_p == 0; kept probabilities are scaled by keep_scale.
+  float dropout_p = 0.0f;
+  float keep_scale = 1.0f;
+  std::uint64_t dropout_seed = 0, dropout_offset = 0;
 };
 
 // One sequence's placement: rows [q_offset, q_offset + len_q) of batch entry `batch_index`.

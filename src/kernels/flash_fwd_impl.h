@@ -22,6 +22,8 @@
 // row stores NaN; O holds Σ e·v, and an item whose finite-sum row ends with a non-finite O (V near
 // f32's limit) runs again with P divided by the running sum each tile (kNormalized), so O stays a
 // convex combination of V rows. That pass cost ~20% at D = 64 when always on.
+// Dropout (training) multiplies the tile's P by the keep mask after the running sums took it, so
+// lse and the normalization are those of the undropped softmax, as in FlashAttention.
 // Traffic: Q once per item; each visible K/V tile once per item (from L2 for long sequences);
 // O stays in L1/L2 until the item ends. Working memory is kFlashScratchFloats per thread (~300 KB),
 // independent of the sequence lengths.
@@ -33,6 +35,7 @@
 #include <cstring>
 
 #include "kernels/flash_fwd.h"
+#include "kernels/philox.h"
 #include "kernels/simd.h"
 #include "runtime/dtype_convert.h"
 
@@ -353,6 +356,19 @@ void softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   }
 }
 
+// Dropout on the tile's probabilities, after they joined the running sums (lse stays undropped)
+// and before P·V: Pᵀ[j][r] *= 0 or 1 / (1 - p), as philox.h draws it for (b, h, row, key).
+void dropout_tile(Item& it, std::int64_t kb, std::int64_t cols) {
+  const AttentionParams& p = it.p;
+  const DropoutKey key = dropout_key(p.dropout_seed, p.dropout_offset, p.dropout_p);
+  const auto bh = std::uint32_t(it.t.b * p.hq + it.t.h);
+  float mult[BK];
+  for (std::int64_t r = 0; r < it.rows; ++r) {
+    dropout_row(key, std::uint32_t(it.t.q_begin + r), bh, kb, cols, p.keep_scale, mult);
+    for (std::int64_t j = 0; j < cols; ++j) it.S[j * BQ + r] *= mult[j];
+  }
+}
+
 // Whether Σ e·v overflowed: a row with a finite, positive sum whose O is not finite. Only V near
 // f32's limit does this (v = 3e38 over a few keys); the item then runs again normalized.
 bool overflowed(const Item& it) {
@@ -417,6 +433,7 @@ bool run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
     const std::int64_t cols = keys.end - kb < BK ? keys.end - kb : BK;
     Dot::scores(it, kb, cols);
     softmax_tile<kNormalized>(it, kb, cols);
+    if (p.dropout_p > 0.0f) dropout_tile(it, kb, cols);
     Dot::accumulate(it, kb, cols);
   }
   if (!kNormalized && overflowed(it)) return false;  // nothing written

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "api/validate.h"
+#include "kernels/philox.h"
 #include "mha/reference.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/thread_pool.h"
@@ -87,6 +88,18 @@ void softmax(const AttentionParams& p, const SeqSpan& s, std::vector<float>& S, 
   }
 }
 
+// Step 5b (training): dropout, P *= keep mask / (1 - p), stored in the working dtype.
+void dropout(const AttentionParams& p, const SeqSpan& s, std::int64_t b, std::int64_t h, std::vector<float>& P) {
+  if (p.dropout_p == 0.0f) return;
+  const detail::DropoutKey key = detail::dropout_key(p.dropout_seed, p.dropout_offset, p.dropout_p);
+  for (std::int64_t i = 0; i < s.len_q; ++i)
+    for (std::int64_t j = 0; j < s.len_k; ++j) {
+      float& x = P[std::size_t(i * s.len_k + j)];
+      const bool keep = detail::dropout_keep(key, std::uint32_t(i), std::uint32_t(b * p.hq + h), j);
+      x = round_to(p.in_dtype, keep ? x * p.keep_scale : 0.0f * x);
+    }
+}
+
 // Step 6: out = P·v, f32 accumulation, stored in out's dtype.
 void weighted_sum(const AttentionParams& p, const SeqSpan& s, std::int64_t h, const std::vector<float>& P) {
   const std::int64_t kvh = h / (p.hq / p.hkv);
@@ -120,6 +133,7 @@ void attention_naive(const Tensor& q, const Tensor& k, const Tensor& v, const Te
     scores(p, s, h, S);
     scale_and_mask(p, s, b, h, S, poisoned);
     softmax(p, s, S, row_lse, poisoned);
+    dropout(p, s, b, h, S);
     weighted_sum(p, s, h, S);
     if (p.lse != nullptr)
       for (std::int64_t i = 0; i < s.len_q; ++i)

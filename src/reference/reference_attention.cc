@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "api/validate.h"
+#include "kernels/philox.h"
 #include "mha/reference.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/thread_pool.h"
@@ -23,6 +24,8 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
   r.lse.assign(std::size_t(B * p.hq * rows_total), -std::numeric_limits<double>::infinity());
   const double scale = p.scale;
   const std::int64_t group = p.hq / p.hkv;
+  const detail::DropoutKey dkey = detail::dropout_key(p.dropout_seed, p.dropout_offset, p.dropout_p);
+  const double keep_scale = 1.0 / (1.0 - double(p.dropout_p));
 
   detail::global_pool()->parallel_for(p.batch * p.hq, [&](std::int64_t item) {
     const std::int64_t b = item / p.hq, h = item % p.hq, kvh = h / group;
@@ -72,7 +75,9 @@ Result attention_f64(const Tensor& q, const Tensor& k, const Tensor& v, const At
         sum += e;
       }
       for (std::int64_t j = 0; j < s.len_k; ++j) {
-        const double w = scores[std::size_t(j)] / sum;
+        double w = scores[std::size_t(j)] / sum;
+        if (p.dropout_p > 0)
+          w *= detail::dropout_keep(dkey, std::uint32_t(i), std::uint32_t(b * p.hq + h), j) ? keep_scale : 0.0;
         if (w == 0) continue;
         const std::int64_t voff =
             s.batch_index * p.v_stride[0] + (s.k_offset + j) * p.v_stride[1] + kvh * p.v_stride[2];
