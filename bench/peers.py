@@ -58,18 +58,21 @@ def run_mha(mha, args, json_path):
 # ---------------------------------------------------------------------------------------- forward
 
 
-def forward_shapes(mha, tmp):
-    """The default shapes of `mha bench`, read from a short run of it."""
-    recs = run_mha(mha, ["bench", "--min-time", "0"], os.path.join(tmp, "list.json"))
+def forward_shapes(mha, tmp, backward=False):
+    """The default shapes of `mha bench` (or of `mha bench --backward`), read from a short run of it."""
+    recs = run_mha(mha, ["bench", "--min-time", "0"] + (["--backward"] if backward else []),
+                   os.path.join(tmp, "list.json"))
     return [{k: r[k] for k in ("name", "b", "hq", "hkv", "nq", "nk", "d", "causal", "mask", "dtype")}
             for r in recs]
 
 
-def mha_forward(mha, s, min_time, tmp):
+def mha_forward(mha, s, min_time, tmp, backward=False):
     args = ["bench", "--shape", f"{s['b']},{s['hq']},{s['hkv']},{s['nq']},{s['nk']},{s['d']}",
             "--dtype", s["dtype"], "--mask", s["mask"], "--min-time", str(min_time)]
     if s["causal"]:
         args.append("--causal")
+    if backward:
+        args.append("--backward")
     return run_mha(mha, args, os.path.join(tmp, "fwd.json"))[0]
 
 
@@ -81,7 +84,7 @@ def padding_bias(valid, nk):
     return bias
 
 
-def torch_forward(s, valid, min_time):
+def torch_forward(s, valid, min_time, backward=False):
     if torch is None:
         return None, "torch not installed"
     dt = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[s["dtype"]]
@@ -97,6 +100,12 @@ def torch_forward(s, valid, min_time):
         pad = torch.from_numpy(padding_bias(valid, s["nk"])).to(dt)[:, None, None, :]
         mask = pad if mask is None else pad.masked_fill(~mask, -math.inf)
     gqa = s["hq"] != s["hkv"]
+    if backward:  # autograd through SDPA: time the backward of one forward graph, kept for reuse
+        for x in (q, k, v):
+            x.requires_grad_(True)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=gqa)
+        grad = torch.randn(out.shape, generator=g).to(dt)
+        return median_ms(lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True), min_time), None
     with torch.inference_mode():
         fn = lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                     enable_gqa=gqa)
@@ -274,6 +283,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="passes over the shape list (best counts)")
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds per timing")
     ap.add_argument("--only", choices=["forward", "decode"], help="one of the two tables")
+    ap.add_argument("--backward", action="store_true",
+                    help="the forward table times the backward instead (mha bench --backward; torch "
+                         "autograd through SDPA; ONNX Runtime has no attention backward)")
     ap.add_argument("--shape", action="append", default=[],
                     help="forward shape B,Hq,Hkv,Nq,Nk,D[,causal][,padding][,bf16|f16] instead of the "
                          "standard set (repeatable)")
@@ -306,19 +318,20 @@ def main():
                                    "nk": nk, "d": d, "causal": "causal" in flags,
                                    "mask": "padding" if "padding" in flags else "none", "dtype": dtype})
             else:
-                shapes = forward_shapes(a.mha, tmp)
+                shapes = forward_shapes(a.mha, tmp, a.backward)
             runs = {s["name"]: {"mha": [], "torch": [], "ort": [], "why": {}} for s in shapes}
             for r in range(a.rounds):
                 for s in shapes:
-                    m = mha_forward(a.mha, s, a.min_time, tmp)
+                    m = mha_forward(a.mha, s, a.min_time, tmp, a.backward)
                     run = runs[s["name"]]
                     run["mha"].append(m)
                     valid = m.get("padding_valid_keys")
-                    time_peers(run, torch=lambda: torch_forward(s, valid, a.min_time),
-                               ort=lambda: ort_forward(s, valid, a.min_time, threads))
+                    no_ort = lambda: (None, "ONNX Runtime has no attention backward")
+                    time_peers(run, torch=lambda: torch_forward(s, valid, a.min_time, a.backward),
+                               ort=no_ort if a.backward else lambda: ort_forward(s, valid, a.min_time, threads))
                     print(f"  round {r + 1}/{a.rounds} {s['name']}: mha {m['ms']:.2f} ms, torch "
                           f"{run['torch'][-1]}, ort {run['ort'][-1]}", file=sys.stderr, flush=True)
-            out(f"## Forward: mha vs PyTorch {torch.__version__ if torch else '—'} SDPA and ONNX Runtime "
+            out(f"## {'Backward' if a.backward else 'Forward'}: mha vs PyTorch {torch.__version__ if torch else '—'} SDPA and ONNX Runtime "
                 f"{ort.__version__ if ort else '—'} MultiHeadAttention ({threads} threads, best of "
                 f"{a.rounds} interleaved rounds)")
             out()
@@ -337,7 +350,7 @@ def main():
                 out(f"| {s['name']} | {s['dtype']} | {m['ms']:.2f} | {t if t is None else f'{t:.2f}'} | "
                     f"{o if o is None else f'{o:.2f}'} | {fmt_pct(frac(m['ms']))} | {fmt_pct(frac(t))} | "
                     f"{fmt_pct(frac(o))} | {fmt_ratio(ratio)} |".replace("None", "—"))
-                records.append({"kind": "forward", **s, "isa": m["isa"], "threads": m["threads"],
+                records.append({"kind": "backward" if a.backward else "forward", **s, "isa": m["isa"], "threads": m["threads"],
                                 "ceiling_gflops": ceiling, "mha_ms": m["ms"], "torch_ms": t, "ort_ms": o,
                                 "mha_fraction_of_ceiling": frac(m["ms"]),
                                 "torch_fraction_of_ceiling": frac(t), "ort_fraction_of_ceiling": frac(o),

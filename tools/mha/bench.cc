@@ -11,6 +11,7 @@
 #include "commands.h"
 #include "kernels/ceiling.h"
 #include "kernels/flash_fwd.h"
+#include "mha/backward.h"
 #include "mha/errors.h"
 #include "mha/reference.h"
 #include "options.h"
@@ -32,6 +33,7 @@ struct BenchArgs {
   std::string json;
   bool long_context = false;
   bool naive = false;
+  bool backward = false;
   double min_time = 0.5;
 };
 
@@ -91,6 +93,20 @@ std::vector<BenchShape> default_shapes() {
   return s;
 }
 
+// The backward's set: the forward's main shapes, named with a _bwd suffix.
+std::vector<BenchShape> backward_shapes() {
+  const std::pair<const char*, Case> shapes[] = {
+      {"attn_2k_bwd", make_case({1, 12, 12, 2048, 2048, 128}, false, DType::f32, MaskKind::none)},
+      {"attn_2k_causal_bwd", make_case({1, 12, 12, 2048, 2048, 128}, true, DType::f32, MaskKind::none)},
+      {"bert_padmask_bwd", make_case({8, 16, 16, 384, 384, 64}, false, DType::f32, MaskKind::padding)},
+      {"gqa_2k_bwd", make_case({1, 32, 8, 2048, 2048, 128}, false, DType::f32, MaskKind::none)},
+      {"attn_2k_bf16_bwd", make_case({1, 12, 12, 2048, 2048, 128}, false, DType::bf16, MaskKind::none)},
+  };
+  std::vector<BenchShape> s;
+  for (const auto& [name, c] : shapes) s.push_back({name, c, false, true});
+  return s;
+}
+
 double peak_rss_mib() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -102,10 +118,12 @@ void run(const BenchArgs& args) {
   const DType dt = parse_dtype(args.dtype, "--dtype");
   const MaskKind mask = args.mask == "padding" ? MaskKind::padding : MaskKind::none;
   for (const auto& text : args.shapes)
-    shapes.push_back({"shape_" + text, make_case(parse_shape(text), args.causal, dt, mask), args.naive});
+    shapes.push_back({"shape_" + text + (args.backward ? "_bwd" : ""),
+                      make_case(parse_shape(text), args.causal, dt, mask), args.naive && !args.backward,
+                      args.backward});
   if (args.long_context)
     shapes.push_back({"long_64k_causal", make_case({1, 8, 8, 65536, 65536, 128}, true, dt, mask)});
-  if (shapes.empty()) shapes = default_shapes();
+  if (shapes.empty()) shapes = args.backward ? backward_shapes() : default_shapes();
   run_bench(shapes, args.min_time, args.json);
 }
 
@@ -136,8 +154,28 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
     std::vector<std::uint8_t> storage;
     const Tensor out = data.make_out(storage, c);
     Measured m{};
-    m.flops = attention_flops(data.tq, data.tk, data.tv, data.options);
-    m.ms = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); }, min_time);
+    if (s.backward) {
+      // The backward reads the forward's out and lse and writes gradients in the input dtype.
+      std::vector<float> lse_storage;
+      const Tensor lse = data.make_lse(lse_storage);
+      attention(data.tq, data.tk, data.tv, out, data.options, &lse);
+      std::vector<std::uint8_t> dout_storage, dq_storage, dk_storage, dv_storage;
+      const Tensor dout = data.make_out(dout_storage, c);
+      std::fill(dout_storage.begin(), dout_storage.end(), std::uint8_t(0x3c));  // small finite values
+      const auto like = [&](std::vector<std::uint8_t>& st, const Tensor& t) {
+        st.assign(std::size_t(t.numel()) * size_of(t.dtype), 0);
+        Tensor g = t;
+        g.data = st.data();
+        return g;
+      };
+      const Tensor dq = like(dq_storage, data.tq), dk = like(dk_storage, data.tk), dv = like(dv_storage, data.tv);
+      m.flops = attention_backward_flops(data.tq, data.tk, data.tv, data.options);
+      m.ms = time_ms([&] { attention_backward(data.tq, data.tk, data.tv, out, dout, lse, dq, dk, dv, data.options); },
+                     min_time);
+    } else {
+      m.flops = attention_flops(data.tq, data.tk, data.tv, data.options);
+      m.ms = time_ms([&] { attention(data.tq, data.tk, data.tv, out, data.options); }, min_time);
+    }
     if (s.with_naive)
       m.naive_ms =
           time_ms([&] { reference::attention_naive(data.tq, data.tk, data.tv, out, data.options); }, 0.1);
@@ -157,7 +195,9 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
   }
   measure_ceilings();
 
-  fmt::print("## mha bench: flash forward, ISA {}, {} threads\n\n", to_string(isa), num_threads());
+  const bool any_backward = std::any_of(shapes.begin(), shapes.end(), [](const BenchShape& s) { return s.backward; });
+  fmt::print("## mha bench: flash {}, ISA {}, {} threads\n\n", any_backward ? "backward" : "forward",
+             to_string(isa), num_threads());
   const Isa fma_isa = isa == Isa::avx512bf16 ? Isa::avx512 : isa;  // the FMA loop that ISA runs
   fmt::print(
       "Ceiling measured in this run (best of runs before and after the shapes) on {} threads: fp32 FMA ({}) "
@@ -188,6 +228,7 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
                         {"mask", c.mask == MaskKind::padding ? "padding" : "none"},
                         {"dtype", std::string(to_string(c.dtype))},
                         {"isa", std::string(to_string(isa))},
+                        {"pass", s.backward ? "backward" : "forward"},
                         {"threads", num_threads()},
                         {"ms", m.ms},
                         {"gflops", gflops},
@@ -216,8 +257,8 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
   }
   table.print();
   fmt::print(
-      "\nFLOPs = 2·(D + Dv) per visible (query, key) pair (4·B·Hq·Nq·Nk·D for full attention). Times are "
-      "medians.\n");
+      "\nFLOPs = 2·(D + Dv) per visible (query, key) pair (4·B·Hq·Nq·Nk·D for full attention); a backward "
+      "counts 2.5× its forward (FlashAttention's convention). Times are medians.\n");
   if (!json.empty()) {
     write_json_file(json, records.dump(2));
   }
@@ -235,6 +276,8 @@ void add_bench(CLI::App& app) {
                   "Mask for --shape: none or padding ([B,1,1,Nk], random valid lengths)")
       ->check(CLI::IsMember({"none", "padding"}));
   cmd->add_flag("--naive", args->naive, "Also time the naive path for --shape");
+  cmd->add_flag("--backward", args->backward,
+                "Time the backward (dq, dk, dv) instead; without --shape, the backward's standard set");
   cmd->add_flag("--long", args->long_context,
                 "Add the long-context case: 65536 tokens, 8 heads, head dim 128, causal");
   cmd->add_option("--min-time", args->min_time, "Seconds to spend timing each shape")

@@ -21,6 +21,7 @@ struct BenchShape {
   std::string name;
   check::Case c;
   bool with_naive = false;
+  bool backward = false;  // time mha::attention_backward (the forward runs once, untimed, for out and lse)
 };
 
 // Times each shape, measures the machine's ceiling in the same run, prints the markdown table and,
