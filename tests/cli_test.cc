@@ -220,6 +220,21 @@ TEST(Cli, BenchWritesRecordsAgainstTheSameRunCeiling) {
   EXPECT_EQ(records[1]["b"], 2);
 }
 
+TEST(Cli, BenchBackwardCountsTwoAndAHalfForwards) {
+  TempDir dir;
+  const Result r = run_cli("--threads 2 bench --backward --shape 1,2,1,70,90,32 --causal --min-time 0.01 --json " +
+                           dir.file("b.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("flash backward"), std::string::npos) << r.output;
+  std::ifstream in(dir.file("b.json"));
+  const nlohmann::json records = nlohmann::json::parse(in);
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0]["pass"], "backward");
+  const double pairs = 70 * 71 / 2 + 70 * 20;
+  EXPECT_NEAR(records[0]["gflops"].get<double>() * records[0]["ms"].get<double>() * 1e6,
+              2.5 * 4.0 * 32 * 2 * pairs, 1.0);
+}
+
 TEST(Cli, BenchRejectsABadShape) {
   Result r = run_cli("bench --shape 1,2,3");
   EXPECT_EQ(r.status, 2);
