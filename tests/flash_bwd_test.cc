@@ -335,7 +335,6 @@ TEST(Backward, BadInputIsRejectedAndNothingIsWritten) {
     return Tensor::bshd(x.data(), DType::f32, 1, n, H, d);
   };
   const Tensor tl = Tensor::contiguous(lse.data(), DType::f32, {1, H, N});
-  AttentionOptions ok;
   struct Bad {
     const char* argument;
     std::function<void()> call;
@@ -372,7 +371,6 @@ TEST(Backward, BadInputIsRejectedAndNothingIsWritten) {
       ASSERT_EQ(dv[i], 7.0f) << b.argument;
     }
   }
-  (void)ok;
 }
 
 }  // namespace
