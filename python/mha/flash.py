@@ -1,0 +1,113 @@
+"""FlashAttention's calls (flash_attn_func, flash_attn_varlen_func) on mha's CPU kernels, with
+FlashAttention's names, arguments, layouts and semantics: BSHD arrays, causal aligned bottom-right,
+window_size = (left, right) with -1 unbounded, GQA/MQA when k and v have fewer heads.
+
+Differences: mha is always deterministic (`deterministic` is accepted and has no effect);
+`softcap` and `alibi_slopes` are not supported (NotImplementedError); dropout draws from
+mha.manual_seed's generator; with return_attn_probs the third result is the dropout keep mask
+(bool [B, H, Nq, Nk]; all True without dropout) rather than FlashAttention's debug matrix.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional
+
+import numpy as np
+
+from . import _arrays, _mha, _rng
+from ._arrays import invalid
+from ._core import Call, run_forward
+
+
+def _unsupported(softcap: float, alibi_slopes: Any) -> None:
+    if softcap != 0.0:
+        raise invalid("softcap", f"softcap = {softcap}: mha has no logit soft-capping, expected 0.0", NotImplementedError)
+    if alibi_slopes is not None:
+        raise invalid("alibi_slopes", "alibi_slopes: not supported by mha, expected None "
+                                  "(an additive bias can go through scaled_dot_product_attention's attn_mask)", NotImplementedError)
+
+
+def _window(window_size: Any) -> tuple[int, int]:
+    try:
+        left, right = window_size
+        return int(left), int(right)
+    except (TypeError, ValueError):
+        raise invalid("window_size", f"window_size = {window_size!r}, expected a pair (left, right)") from None
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_call(layout: str, dropout_p: float, scale: Optional[float], causal: bool, left: int, right: int) -> Call:
+    return Call(layout=layout, scale=scale, causal=causal, window_left=left, window_right=right, dropout_p=dropout_p)
+
+
+def flash_call(layout: str, dropout_p: float, softmax_scale: Optional[float], causal: bool, window_size: Any,
+               softcap: float, alibi_slopes: Any, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None) -> Call:
+    _unsupported(softcap, alibi_slopes)
+    left, right = _window(window_size)
+    if cu_seqlens_q is None:  # the common call: one Call object per distinct set of options
+        return _cached_call(layout, float(dropout_p), None if softmax_scale is None else float(softmax_scale),
+                            bool(causal), left, right)
+    return Call(layout=layout, scale=None if softmax_scale is None else float(softmax_scale), causal=bool(causal),
+                window_left=left, window_right=right, cu_seqlens_q=cu_seqlens_q, cu_seqlens_k=cu_seqlens_k,
+                dropout_p=float(dropout_p))
+
+
+def keep_mask(like: Any, batch: int, heads: int, seqlen_q: int, seqlen_k: int, dropout_p: float, seed: int,
+              offset: int) -> Any:
+    """The dropout keep mask of a call, bool [batch, heads, seqlen_q, seqlen_k] in like's framework."""
+    keep = _arrays.bool_mask(like, (batch, heads, seqlen_q, seqlen_k))
+    _mha.dropout_keep_mask(keep, batch, heads, seqlen_q, seqlen_k, dropout_p=dropout_p, dropout_seed=seed,
+                           dropout_offset=offset)
+    return keep
+
+
+def flash_attn_func(q: Any, k: Any, v: Any, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
+                    causal: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                    alibi_slopes: Any = None, deterministic: bool = False, return_attn_probs: bool = False) -> Any:
+    """out = softmax(q·kᵀ·scale)·v per head. q [B, Sq, Hq, D], k [B, Sk, Hkv, D], v [B, Sk, Hkv, Dv]
+    (float32, float16 or bfloat16; Hq a multiple of Hkv). Returns out [B, Sq, Hq, Dv] in q's dtype
+    and framework, or (out, softmax_lse [B, Hq, Sq] float32, keep mask) with return_attn_probs."""
+    q, k, v = _arrays.as_array(q, "q"), _arrays.as_array(k, "k"), _arrays.as_array(v, "v")
+    call = flash_call("bshd", dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes)
+    seed, offset = _rng.next_draw() if dropout_p > 0 else (0, 0)
+    out, lse = run_forward(call, q, k, v, seed, offset, with_lse=return_attn_probs)
+    if not return_attn_probs:
+        return out
+    b, sq, hq = q.shape[:3]
+    return out, lse, keep_mask(q, b, hq, sq, k.shape[1], call.dropout_p, seed, offset)
+
+
+def varlen_call(q: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int, max_seqlen_k: int,
+                dropout_p: float, softmax_scale: Optional[float], causal: bool, window_size: Any, softcap: float,
+                alibi_slopes: Any, block_table: Any) -> Call:
+    if block_table is not None:
+        raise invalid("block_table", "block_table: paged K/V in flash_attn_varlen_func is not supported by mha, "
+                                  "expected None (flash_attn_with_kvcache reads paged caches)", NotImplementedError)
+    cq, ck = _arrays.int32(cu_seqlens_q, "cu_seqlens_q"), _arrays.int32(cu_seqlens_k, "cu_seqlens_k")
+    for name, cu, limit in (("max_seqlen_q", cq, max_seqlen_q), ("max_seqlen_k", ck, max_seqlen_k)):
+        lengths = np.diff(_arrays.to_numpy(cu))
+        longest = int(lengths.max()) if lengths.size else 0
+        if longest > int(limit):
+            raise invalid(name, f"{name} = {limit}, expected >= the longest sequence in cu_seqlens ({longest})")
+    return flash_call("shd", dropout_p, softmax_scale, causal, window_size, softcap, alibi_slopes, cq, ck)
+
+
+def flash_attn_varlen_func(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens_k: Any, max_seqlen_q: int,
+                           max_seqlen_k: int, dropout_p: float = 0.0, softmax_scale: Optional[float] = None,
+                           causal: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                           alibi_slopes: Any = None, deterministic: bool = False, return_attn_probs: bool = False,
+                           block_table: Any = None) -> Any:
+    """A packed batch of variable-length sequences: q [total_q, Hq, D], k [total_k, Hkv, D],
+    v [total_k, Hkv, Dv]; sequence b owns rows cu_seqlens_q[b] .. cu_seqlens_q[b+1]-1 (int32,
+    B + 1 entries) and causal alignment and windows are per sequence. Returns out [total_q, Hq, Dv],
+    or (out, softmax_lse [Hq, total_q], keep mask [B, Hq, max_seqlen_q, max_seqlen_k])."""
+    q, k, v = (_arrays.as_array(x, n) for x, n in ((q, "q"), (k, "k"), (v, "v")))
+    call = varlen_call(q, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p, softmax_scale, causal,
+                       window_size, softcap, alibi_slopes, block_table)
+    seed, offset = _rng.next_draw() if dropout_p > 0 else (0, 0)
+    out, lse = run_forward(call, q, k, v, seed, offset, with_lse=return_attn_probs)
+    if not return_attn_probs:
+        return out
+    batch = int(call.cu_seqlens_q.shape[0]) - 1
+    return out, lse, keep_mask(q, max(batch, 0), q.shape[1], int(max_seqlen_q), int(max_seqlen_k), call.dropout_p,
+                               seed, offset)

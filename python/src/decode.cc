@@ -1,0 +1,145 @@
+// KvCache and DecodeEngine for Python. Methods that produce arrays take them as `out` arguments
+// (names starting with _); the Python subclasses in mha/decode.py allocate them in the caller's
+// array type.
+#include <algorithm>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include "arrays.h"
+#include "bindings.h"
+#include "mha/decode.h"
+#include "mha/errors.h"
+#include "mha/kv_cache.h"
+
+namespace mha::py {
+
+namespace {
+
+KvCacheConfig config_of(std::int64_t kv_heads, std::int64_t head_dim, const std::string& dtype,
+                        std::int64_t max_seqs, std::int64_t max_seq_len, std::int64_t block_size,
+                        std::int64_t num_blocks) {
+  return {.kv_heads = kv_heads, .head_dim = head_dim, .dtype = parse_cache_dtype(dtype, "dtype"),
+          .max_seqs = max_seqs, .max_seq_len = max_seq_len, .block_size = block_size, .num_blocks = num_blocks};
+}
+
+#define MHA_CACHE_ARGS                                                                                   \
+  nb::kw_only(), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("dtype") = "bf16", nb::arg("max_seqs") = 1, \
+      nb::arg("max_seq_len"), nb::arg("block_size") = 0, nb::arg("num_blocks") = 0
+
+std::vector<std::int32_t> to_vector(std::span<const std::int32_t> s) { return {s.begin(), s.end()}; }
+
+}  // namespace
+
+void bind_decode(nb::module_& m) {
+  nb::class_<KvCache>(m, "KvCache",
+                      "One layer's K and V for many sequences, contiguous (block_size = 0) or paged; "
+                      "dtype 'f32', 'f16', 'bf16' or 'int8' (per-token scales).")
+      .def(
+          "__init__",
+          [](KvCache* self, std::int64_t kv_heads, std::int64_t head_dim, const std::string& dtype,
+             std::int64_t max_seqs, std::int64_t max_seq_len, std::int64_t block_size, std::int64_t num_blocks) {
+            new (self) KvCache(config_of(kv_heads, head_dim, dtype, max_seqs, max_seq_len, block_size, num_blocks));
+          },
+          MHA_CACHE_ARGS)
+      .def_prop_ro("kv_heads", [](const KvCache& c) { return c.config().kv_heads; })
+      .def_prop_ro("head_dim", [](const KvCache& c) { return c.config().head_dim; })
+      .def_prop_ro("dtype", [](const KvCache& c) { return std::string(to_string(c.config().dtype)); })
+      .def_prop_ro("paged", &KvCache::paged)
+      .def_prop_ro("free_blocks", &KvCache::free_blocks)
+      .def_prop_ro("total_blocks", &KvCache::total_blocks)
+      .def_prop_ro("nbytes", &KvCache::bytes)
+      .def("add_sequence", &KvCache::add_sequence, "A free sequence id (CapacityExceededError when none).")
+      .def("free_sequence", &KvCache::free_sequence, nb::arg("seq"))
+      .def("active", &KvCache::active, nb::arg("seq"))
+      .def("length", &KvCache::length, nb::arg("seq"))
+      .def("truncate", &KvCache::truncate, nb::arg("seq"), nb::arg("length"))
+      .def("block_table", [](const KvCache& c, std::int32_t seq) { return to_vector(c.block_table(seq)); },
+           nb::arg("seq"))
+      .def(
+          "fill",
+          [](KvCache& c, std::int32_t seq, const InArray& k, const InArray& v) {
+            const Tensor tk = tensor_of(k, "k", "shd", "shd"), tv = tensor_of(v, "v", "shd", "shd");
+            nb::gil_scoped_release release;
+            c.fill(seq, tk, tv);
+          },
+          nb::arg("seq"), nb::arg("k"), nb::arg("v"), "Writes k, v [n, Hkv, D] at positions [0, n) of seq.")
+      .def(
+          "append",
+          [](KvCache& c, const InArray& seqs, const InArray& k, const InArray& v) {
+            const auto s = int32_span(seqs, "seqs");
+            const Tensor tk = tensor_of(k, "k", "bshd", "bshd"), tv = tensor_of(v, "v", "bshd", "bshd");
+            nb::gil_scoped_release release;
+            c.append(s, tk, tv);
+          },
+          nb::arg("seqs"), nb::arg("k"), nb::arg("v"),
+          "Appends k, v [len(seqs), n, Hkv, D] at each sequence's length (all or nothing).")
+      .def(
+          "read",
+          [](const KvCache& c, std::int32_t seq, std::int64_t begin, std::optional<std::int64_t> end) {
+            const std::int64_t stop = end.value_or(c.length(seq));
+            const std::size_t shape[3] = {std::size_t(std::max<std::int64_t>(stop - begin, 0)),
+                                          std::size_t(c.config().kv_heads), std::size_t(c.config().head_dim)};
+            const std::size_t n = shape[0] * shape[1] * shape[2];
+            auto* k = new float[n];
+            nb::capsule own_k(k, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+            auto* v = new float[n];
+            nb::capsule own_v(v, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+            {
+              nb::gil_scoped_release release;
+              c.read(seq, begin, stop, k, v);
+            }
+            return nb::make_tuple(nb::ndarray<nb::numpy, float>(k, 3, shape, own_k),
+                                  nb::ndarray<nb::numpy, float>(v, 3, shape, own_v));
+          },
+          nb::arg("seq"), nb::arg("begin") = 0, nb::arg("end").none() = nb::none(),
+          "Tokens [begin, end) of a sequence (end: its length) as float32 NumPy arrays [n, Hkv, D] "
+          "(int8 dequantized).");
+
+  nb::class_<DecodeEngine>(m, "DecodeEngine",
+                           "Continuous batching over one KV cache: admit sequences with their prompt, step "
+                           "every active sequence one token at a time, retire them.")
+      .def(
+          "__init__",
+          [](DecodeEngine* self, std::int64_t q_heads, std::int64_t kv_heads, std::int64_t head_dim,
+             const std::string& dtype, std::int64_t max_seqs, std::int64_t max_seq_len, std::int64_t block_size,
+             std::int64_t num_blocks) {
+            new (self)
+                DecodeEngine(config_of(kv_heads, head_dim, dtype, max_seqs, max_seq_len, block_size, num_blocks), q_heads);
+          },
+          nb::kw_only(), nb::arg("q_heads"), nb::arg("kv_heads"), nb::arg("head_dim"), nb::arg("dtype") = "bf16",
+          nb::arg("max_seqs") = 1, nb::arg("max_seq_len"), nb::arg("block_size") = 0, nb::arg("num_blocks") = 0)
+      .def_prop_ro("q_heads", &DecodeEngine::q_heads)
+      .def_prop_ro("active", [](const DecodeEngine& e) { return to_vector(e.active()); })
+      .def_prop_ro("cache", &DecodeEngine::cache, nb::rv_policy::reference_internal)
+      .def("blocks_for", &DecodeEngine::blocks_for, nb::arg("tokens"))
+      .def(
+          "_admit",
+          [](DecodeEngine& e, const InArray& q, const InArray& k, const InArray& v, const OutArray& out,
+             std::int64_t chunk) {
+            const Tensor tq = tensor_of(q, "q", "shd", "shd"), tk = tensor_of(k, "k", "shd", "shd"),
+                         tv = tensor_of(v, "v", "shd", "shd"), to = tensor_of(out, "out", "shd", "shd");
+            nb::gil_scoped_release release;
+            return e.admit(tq, tk, tv, to, chunk);
+          },
+          nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"), nb::arg("chunk") = 0)
+      .def(
+          "_step",
+          [](DecodeEngine& e, const InArray& q, const InArray& k, const InArray& v, const OutArray& out) {
+            const Tensor tq = tensor_of(q, "q", "bshd", "bshd"), tk = tensor_of(k, "k", "bshd", "bshd"),
+                         tv = tensor_of(v, "v", "bshd", "bshd"), to = tensor_of(out, "out", "bshd", "bshd");
+            nb::gil_scoped_release release;
+            e.step(tq, tk, tv, to);
+          },
+          nb::arg("q"), nb::arg("k"), nb::arg("v"), nb::arg("out"))
+      .def("retire", &DecodeEngine::retire, nb::arg("seq"));
+}
+
+}  // namespace mha::py
