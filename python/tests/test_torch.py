@@ -21,6 +21,14 @@ def check(got, ref, naive, eps, factor, what):
     assert e <= factor * n + floor, f"{what}: {e:.3g} > {factor} x {n:.3g} + {floor:.3g}"
 
 
+def check_all(out, g, ref, naive, eps):
+    """out within 2x and each gradient within 3x the naive error (ref, naive: (out, grads) pairs)."""
+    check(out, ref[0], naive[0], eps, 2, "out")
+    for name, a, r, n in zip(("dq", "dk", "dv"), g, ref[1], naive[1]):
+        assert a.dtype == out.dtype and a.shape == r.shape, name
+        check(a, r, n, eps, 3, name)
+
+
 EPS = {torch.float32: 2.0**-23, torch.float16: 2.0**-10, torch.bfloat16: 2.0**-7}
 
 
@@ -33,13 +41,9 @@ def test_sdpa_gradients_match_torch(dtype, nq, nk, causal):
     dout = torch.randn(2, 4, nq, 24, dtype=dtype)
     kw = dict(is_causal=causal, enable_gqa=True)
     out, g = grads(lambda *x: mt.scaled_dot_product_attention(*x, **kw), q, k, v, dout=dout)
-    ref_out, ref_g = grads(lambda *x: F.scaled_dot_product_attention(*x, **kw), *(x.double() for x in (q, k, v)),
-                           dout=dout.double())
-    naive_out, naive_g = grads(lambda *x: F.scaled_dot_product_attention(*x, **kw), q, k, v, dout=dout)
-    check(out, ref_out, naive_out, EPS[dtype], 2, "out")
-    for name, a, r, n in zip(("dq", "dk", "dv"), g, ref_g, naive_g):
-        assert a.dtype == dtype and a.shape == r.shape
-        check(a, r, n, EPS[dtype], 3, name)
+    torch_fn = lambda *x: F.scaled_dot_product_attention(*x, **kw)  # noqa: E731
+    ref = grads(torch_fn, *(x.double() for x in (q, k, v)), dout=dout.double())
+    check_all(out, g, ref, grads(torch_fn, q, k, v, dout=dout), EPS[dtype])
 
 
 def test_flash_attn_func_gradients_with_window_and_mask_free_padding():
@@ -55,11 +59,8 @@ def test_flash_attn_func_gradients_with_window_and_mask_free_padding():
         t = [y.transpose(1, 2) for y in x]
         return F.scaled_dot_product_attention(*t, attn_mask=band).transpose(1, 2)
 
-    ref_out, ref_g = grads(torch_fn, *(x.double() for x in (q, k, v)), dout=dout.double())
-    naive_out, naive_g = grads(torch_fn, q, k, v, dout=dout)
-    check(out, ref_out, naive_out, EPS[torch.float32], 2, "out")
-    for name, a, r, n in zip(("dq", "dk", "dv"), g, ref_g, naive_g):
-        check(a, r, n, EPS[torch.float32], 3, name)
+    ref = grads(torch_fn, *(x.double() for x in (q, k, v)), dout=dout.double())
+    check_all(out, g, ref, grads(torch_fn, q, k, v, dout=dout), EPS[torch.float32])
 
 
 def test_varlen_gradients_equal_each_sequence_alone():
@@ -98,11 +99,8 @@ def test_dropout_is_reproducible_from_torch_seed_and_matches_its_mask():
         p = torch.softmax(s, -1) * keep / 0.7
         return (p @ t[2]).transpose(1, 2)
 
-    ref_out, ref_g = grads(torch_fn, *(x.double() for x in (q, k, v)), dout=dout.double())
-    naive_out, naive_g = grads(torch_fn, q, k, v, dout=dout)
-    check(out1, ref_out, naive_out, EPS[torch.float32], 2, "out")
-    for name, a, r, n in zip(("dq", "dk", "dv"), g1, ref_g, naive_g):
-        check(a, r, n, EPS[torch.float32], 3, name)
+    ref = grads(torch_fn, *(x.double() for x in (q, k, v)), dout=dout.double())
+    check_all(out1, g1, ref, grads(torch_fn, q, k, v, dout=dout), EPS[torch.float32])
 
 
 def test_mask_requiring_grad_is_refused():
