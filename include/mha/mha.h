@@ -3,6 +3,7 @@
 
 #include "mha/attention.h"
 #include "mha/backward.h"
+#include "mha/bert.h"
 #include "mha/errors.h"
 #include "mha/npy.h"
 #include "mha/reference.h"

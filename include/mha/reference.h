@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "mha/attention.h"
+#include "mha/bert.h"
 #include "mha/layers.h"
 
 namespace mha::reference {
@@ -54,5 +55,15 @@ std::vector<double> multi_head_attention_f64(const MultiHeadAttentionConfig& con
                                              std::int64_t batch, std::int64_t seq,
                                              const Tensor* mask = nullptr,
                                              std::span<const std::int32_t> positions = {});
+
+// The BERT encoder from its definition, each sequence on its own with plain loops: every step in
+// double (bert_f64, the oracle) or in float (bert_naive, the same-precision yardstick). Inputs as
+// BertEncoder's; returns [ids, hidden] hidden states, or [batch, hidden] embeddings when pooled.
+std::vector<double> bert_f64(const BertConfig& config, const BertWeights& weights, std::span<const std::int32_t> ids,
+                             std::span<const std::int32_t> cu_seqlens, bool pooled,
+                             std::span<const std::int32_t> token_types = {});
+std::vector<float> bert_naive(const BertConfig& config, const BertWeights& weights, std::span<const std::int32_t> ids,
+                              std::span<const std::int32_t> cu_seqlens, bool pooled,
+                              std::span<const std::int32_t> token_types = {});
 
 }  // namespace mha::reference

@@ -117,7 +117,7 @@ void MultiHeadAttention::forward(const Tensor& x, const Tensor& out, const Tenso
   float* qkv = plan->qkv.data();
   // One projection for Q, K and V with the bias fused.
   detail::gemm(rows, width, c.hidden, {static_cast<const float*>(x.data), c.hidden},
-               {w_qkv_.data(), c.hidden, true}, qkv, width, c.bias ? b_qkv_.data() : nullptr);
+               {w_qkv_.data(), c.hidden, true}, qkv, width, {.bias = c.bias ? b_qkv_.data() : nullptr});
   // Heads are strided views of the projection: no split copies.
   const Tensor q = heads_view(qkv, 0, width, batch, seq, c.heads, dh);
   const Tensor k = heads_view(qkv, c.heads * dh, width, batch, seq, c.kv_heads, dh);
@@ -131,7 +131,7 @@ void MultiHeadAttention::forward(const Tensor& x, const Tensor& out, const Tenso
   detail::layer_attention(q, k, v, ctx, float(1.0 / std::sqrt(double(dh))), c.causal, mask);
   detail::gemm(rows, c.hidden, c.heads * dh, {plan->ctx.data(), c.heads * dh},
                {w_.w_out.data(), c.heads * dh, true}, static_cast<float*>(out.data), c.hidden,
-               c.bias ? w_.b_out.data() : nullptr);
+               {.bias = c.bias ? w_.b_out.data() : nullptr});
 }
 
 void MultiHeadAttention::forward_naive(const Tensor& x, const Tensor& out, const Tensor* mask,

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <mutex>
 
+#include "linalg/elementwise.h"
 #include "runtime/thread_pool.h"
 
 namespace mha::detail {
@@ -41,20 +42,27 @@ void gemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, Ma
 }
 
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, Matrix a, Matrix b, float* c, std::int64_t ldc,
-          const float* bias) {
+          const Epilogue& e) {
   const std::int64_t tiles_m = (m + kTileRows - 1) / kTileRows, tiles_n = (n + kTileCols - 1) / kTileCols;
   global_pool()->parallel_for(tiles_m * tiles_n, [&](std::int64_t t) {
     const std::int64_t i0 = (t / tiles_n) * kTileRows, j0 = (t % tiles_n) * kTileCols;
     const std::int64_t rows = std::min(kTileRows, m - i0), cols = std::min(kTileCols, n - j0);
     float* ct = c + i0 * ldc + j0;
     float beta = 0;
-    if (bias != nullptr) {  // c starts as the bias, so sgemm adds the product to it in one pass
-      for (std::int64_t i = 0; i < rows; ++i) std::copy(bias + j0, bias + j0 + cols, ct + i * ldc);
+    if (e.residual != nullptr || e.bias != nullptr) {  // c starts as residual + bias, sgemm adds to it
+      for (std::int64_t i = 0; i < rows; ++i) {
+        float* ci = ct + i * ldc;
+        const float* ri = e.residual != nullptr ? e.residual + (i0 + i) * e.ld_residual + j0 : nullptr;
+        for (std::int64_t j = 0; j < cols; ++j)
+          ci[j] = (ri != nullptr ? ri[j] : 0.f) + (e.bias != nullptr ? e.bias[j0 + j] : 0.f);
+      }
       beta = 1;
     }
     const Matrix at{a.transposed ? a.data + i0 : a.data + i0 * a.ld, a.ld, a.transposed};
     const Matrix bt{b.transposed ? b.data + j0 * b.ld : b.data + j0, b.ld, b.transposed};
     gemm_serial(rows, cols, k, 1.f, at, bt, beta, ct, ldc);
+    if (e.gelu)
+      for (std::int64_t i = 0; i < rows; ++i) gelu_erf(ct + i * ldc, cols);
   });
 }
 
