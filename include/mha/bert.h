@@ -88,10 +88,11 @@ class BertEncoder {
   // offsets or a misshapen output.
   void forward(std::span<const std::int32_t> ids, std::span<const std::int32_t> cu_seqlens,
                const Tensor& hidden, std::span<const std::int32_t> token_types = {});
-  // Sentence embeddings: forward, then each sequence's mean over its tokens, L2-normalized
-  // (x / max(‖x‖, 1e-12), zeros for an empty sequence). out: [batch, hidden] f32 contiguous.
+  // Sentence embeddings: forward, then each sequence's mean over its tokens (zeros for an empty
+  // sequence), L2-normalized unless `normalize` is off (x / max(‖x‖, 1e-12), sentence-transformers'
+  // Normalize). out: [batch, hidden] f32 contiguous.
   void embed(std::span<const std::int32_t> ids, std::span<const std::int32_t> cu_seqlens, const Tensor& out,
-             std::span<const std::int32_t> token_types = {});
+             std::span<const std::int32_t> token_types = {}, bool normalize = true);
 
  private:
   struct Buffers;

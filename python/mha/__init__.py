@@ -20,6 +20,7 @@ from ._mha import (
 )
 from ._rng import get_rng_state, manual_seed
 from .decode import DecodeEngine, KvCache
+from .encoder import SentenceEncoder
 from .flash import flash_attn_func, flash_attn_varlen_func
 from .layers import MultiHeadAttention
 from .native import attention, attention_backward
@@ -30,6 +31,7 @@ __all__ = [
     "DecodeEngine",
     "KvCache",
     "MultiHeadAttention",
+    "SentenceEncoder",
     "__version__",
     "active_isa",
     "attention",

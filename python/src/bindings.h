@@ -11,5 +11,6 @@ void bind_runtime(nb::module_& m);
 void bind_attention(nb::module_& m);
 void bind_decode(nb::module_& m);
 void bind_layers(nb::module_& m);
+void bind_models(nb::module_& m);
 
 }  // namespace mha::py

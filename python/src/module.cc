@@ -44,4 +44,5 @@ NB_MODULE(_mha, m) {
   mha::py::bind_attention(m);
   mha::py::bind_decode(m);
   mha::py::bind_layers(m);
+  mha::py::bind_models(m);
 }

@@ -140,7 +140,18 @@ Tensor NpyArray::view() {
   return t;
 }
 
-NpyArray parse_npy(std::span<const std::uint8_t> data, const std::string& path) {
+namespace {
+
+// The header's fields and the data bytes after it, checked against the shape for `elem` bytes
+// per element once the caller knows the dtype.
+struct RawNpy {
+  std::string descr;
+  bool fortran = false;
+  std::vector<std::int64_t> shape;
+  std::span<const std::uint8_t> body;
+};
+
+RawNpy parse_raw(std::span<const std::uint8_t> data, const std::string& path) {
   const std::int64_t file_size = std::int64_t(data.size());
   const char* pre = reinterpret_cast<const char*>(data.data());
   if (file_size < 10)
@@ -165,36 +176,75 @@ NpyArray parse_npy(std::span<const std::uint8_t> data, const std::string& path) 
   if (prefix + header_len > file_size)
     io_fail(path, fmt::format("truncated: header of {} bytes but the file has {}", header_len, file_size));
   const std::string header(pre + prefix, std::size_t(header_len));
+  RawNpy raw;
+  HeaderParser(header, path).parse(raw.descr, raw.fortran, raw.shape);
+  raw.body = data.subspan(std::size_t(prefix + header_len));
+  return raw;
+}
 
-  std::string descr;
-  bool fortran = false;
-  NpyArray a;
-  HeaderParser(header, path).parse(descr, fortran, a.shape);
-  if (descr == "<f4" || descr == "=f4") {
-    a.dtype = DType::f32;
-  } else if (descr == "<f2" || descr == "=f2") {
-    a.dtype = DType::f16;
-  } else {
-    throw Unsupported(
-        path, fmt::format("npy '{}': dtype '{}', expected float32 ('<f4') or float16 ('<f2')", path, descr));
-  }
-  if (fortran) throw Unsupported(path, fmt::format("npy '{}': fortran_order = True, expected C order", path));
-  if (a.shape.empty() || a.shape.size() > std::size_t(Tensor::kMaxRank))
-    throw Unsupported(
-        path, fmt::format("npy '{}': rank {}, expected 1 to {}", path, a.shape.size(), Tensor::kMaxRank));
-  std::int64_t bytes = std::int64_t(size_of(a.dtype));
-  for (auto d : a.shape)
+// Checks order, rank and the data size for `elem`-byte elements; returns the data.
+std::span<const std::uint8_t> checked_body(const RawNpy& raw, std::size_t elem, int max_rank, const std::string& path) {
+  if (raw.fortran) throw Unsupported(path, fmt::format("npy '{}': fortran_order = True, expected C order", path));
+  if (raw.shape.empty() || raw.shape.size() > std::size_t(max_rank))
+    throw Unsupported(path, fmt::format("npy '{}': rank {}, expected 1 to {}", path, raw.shape.size(), max_rank));
+  std::int64_t bytes = std::int64_t(elem);
+  for (auto d : raw.shape)
     if (__builtin_mul_overflow(bytes, d, &bytes)) io_fail(path, "shape overflows");
-  const std::int64_t available = file_size - prefix - header_len;
+  const std::int64_t available = std::int64_t(raw.body.size());
   if (available < bytes)
     io_fail(path, fmt::format("truncated: shape needs {} data bytes, the file has {}", bytes, available));
   if (available > bytes)
     io_fail(path, fmt::format("{} bytes of trailing data after the array, expected exactly {}",
                               available - bytes, bytes));
-  const std::uint8_t* body = data.data() + prefix + header_len;
-  a.bytes.assign(body, body + bytes);
+  return raw.body;
+}
+
+}  // namespace
+
+NpyArray parse_npy(std::span<const std::uint8_t> data, const std::string& path) {
+  RawNpy raw = parse_raw(data, path);
+  NpyArray a;
+  if (raw.descr == "<f4" || raw.descr == "=f4") {
+    a.dtype = DType::f32;
+  } else if (raw.descr == "<f2" || raw.descr == "=f2") {
+    a.dtype = DType::f16;
+  } else {
+    throw Unsupported(
+        path, fmt::format("npy '{}': dtype '{}', expected float32 ('<f4') or float16 ('<f2')", path, raw.descr));
+  }
+  const std::span<const std::uint8_t> body = checked_body(raw, size_of(a.dtype), Tensor::kMaxRank, path);
+  a.shape = std::move(raw.shape);
+  a.bytes.assign(body.begin(), body.end());
   return a;
 }
+
+NpyInts parse_npy_int32(std::span<const std::uint8_t> data, const std::string& path) {
+  RawNpy raw = parse_raw(data, path);
+  const bool i4 = raw.descr == "<i4" || raw.descr == "=i4", i8 = raw.descr == "<i8" || raw.descr == "=i8";
+  if (!i4 && !i8)
+    throw Unsupported(path,
+                      fmt::format("npy '{}': dtype '{}', expected int32 ('<i4') or int64 ('<i8')", path, raw.descr));
+  const std::span<const std::uint8_t> body = checked_body(raw, i4 ? 4 : 8, 2, path);
+  NpyInts a;
+  a.shape = std::move(raw.shape);
+  a.values.resize(body.size() / (i4 ? 4 : 8));
+  for (std::size_t i = 0; i < a.values.size(); ++i) {
+    std::int64_t v = 0;
+    if (i4) {
+      std::int32_t x;
+      std::memcpy(&x, body.data() + 4 * i, 4);
+      v = x;
+    } else {
+      std::memcpy(&v, body.data() + 8 * i, 8);
+    }
+    if (v < INT32_MIN || v > INT32_MAX)
+      throw InvalidArgument(path, fmt::format("npy '{}': element {} = {} does not fit int32", path, i, v));
+    a.values[i] = std::int32_t(v);
+  }
+  return a;
+}
+
+NpyInts load_npy_int32(const std::string& path) { return parse_npy_int32(detail::read_file(path, "npy"), path); }
 
 NpyArray load_npy(const std::string& path) { return parse_npy(detail::read_file(path, "npy"), path); }
 

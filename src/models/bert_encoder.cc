@@ -175,7 +175,7 @@ void BertEncoder::forward(std::span<const std::int32_t> ids, std::span<const std
 }
 
 void BertEncoder::embed(std::span<const std::int32_t> ids, std::span<const std::int32_t> cu_seqlens,
-                        const Tensor& out, std::span<const std::int32_t> token_types) {
+                        const Tensor& out, std::span<const std::int32_t> token_types, bool normalize) {
   constexpr const char* func = "BertEncoder.embed";
   const std::lock_guard lock(*mutex_);
   check_tokens(func, config_, ids, cu_seqlens, token_types);
@@ -197,7 +197,7 @@ void BertEncoder::embed(std::span<const std::int32_t> ids, std::span<const std::
       row[j] = end > begin ? float(s / double(end - begin)) : 0.f;
       norm += double(row[j]) * row[j];
     }
-    const double divisor = std::max(std::sqrt(norm), 1e-12);
+    const double divisor = normalize ? std::max(std::sqrt(norm), 1e-12) : 1.0;
     for (std::int64_t j = 0; j < h; ++j) row[j] = float(row[j] / divisor);
   });
 }

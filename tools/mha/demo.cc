@@ -76,6 +76,8 @@ void add_demo(CLI::App& app) {
     demo_bert_short();
     fmt::print("\n");
     bench_decode_short();
+    fmt::print("\n");
+    demo_embeddings();
   });
 }
 

@@ -35,6 +35,7 @@ int main(int argc, char** argv) {
     mha::cli::add_bench(app);
     mha::cli::add_check(app);
     mha::cli::add_demo(app);
+    mha::cli::add_embed(app);
     mha::cli::require_exact_integers(app);
     try {
       app.parse(argc, argv);
