@@ -2,6 +2,8 @@
 // GQA, RoPE, wide heads, plan reuse without allocation, determinism and argument errors.
 #include "mha/layers.h"
 
+#include "mha/bert.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -190,6 +192,21 @@ TEST(SelfAttention, SecondCallOfAShapeReusesThePlanAndAllocatesNothing) {
     EXPECT_EQ(g_allocations.load() - before, 0) << "d_out " << d_out;
     EXPECT_EQ(layer.plans_built(), 1u);
   }
+}
+
+TEST(BertEncoder, CallsNoLargerThanAnEarlierOneAllocateNothing) {
+  BertConfig c;
+  c.vocab_size = 50, c.hidden = 64, c.heads = 4, c.layers = 2, c.intermediate = 128, c.max_positions = 300;
+  BertEncoder enc(c, BertWeights::random(c, 1));
+  std::vector<std::int32_t> ids(420);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = std::int32_t(i * 7 % 50);
+  const std::vector<std::int32_t> cu = {0, 300, 301, 420}, smaller = {0, 100, 250};
+  std::vector<float> e(3 * 64), e2(e.size());
+  enc.embed(ids, cu, Tensor::contiguous(e.data(), DType::f32, {3, 64}));
+  const long before = g_allocations.load();
+  enc.embed(ids, cu, Tensor::contiguous(e2.data(), DType::f32, {3, 64}));
+  enc.embed(std::span(ids).first(250), smaller, Tensor::contiguous(e2.data(), DType::f32, {2, 64}));
+  EXPECT_EQ(g_allocations.load() - before, 0);
 }
 
 TEST(Layers, SameBitsForAnyThreadCount) {

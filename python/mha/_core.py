@@ -10,6 +10,15 @@ from . import _arrays, _mha
 from ._arrays import invalid
 
 
+def window_pair(window_size: Any) -> tuple[int, int]:
+    """FlashAttention's window_size as two ints, or ValueError naming window_size."""
+    try:
+        left, right = window_size
+        return int(left), int(right)
+    except (TypeError, ValueError):
+        raise invalid("window_size", f"window_size = {window_size!r}, expected a pair (left, right)") from None
+
+
 @dataclass(frozen=True)
 class Call:
     layout: str  # how the arrays' axes map to [batch, seq, heads, dim]: bshd | bhsd | shd | hsd

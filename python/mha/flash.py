@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _arrays, _mha, _rng
 from ._arrays import invalid
-from ._core import Call, run_forward
+from ._core import Call, run_forward, window_pair
 
 
 def _unsupported(softcap: float, alibi_slopes: Any) -> None:
@@ -27,14 +27,6 @@ def _unsupported(softcap: float, alibi_slopes: Any) -> None:
                                   "(an additive bias can go through scaled_dot_product_attention's attn_mask)", NotImplementedError)
 
 
-def _window(window_size: Any) -> tuple[int, int]:
-    try:
-        left, right = window_size
-        return int(left), int(right)
-    except (TypeError, ValueError):
-        raise invalid("window_size", f"window_size = {window_size!r}, expected a pair (left, right)") from None
-
-
 @functools.lru_cache(maxsize=256)
 def _cached_call(layout: str, dropout_p: float, scale: Optional[float], causal: bool, left: int, right: int) -> Call:
     return Call(layout=layout, scale=scale, causal=causal, window_left=left, window_right=right, dropout_p=dropout_p)
@@ -43,7 +35,7 @@ def _cached_call(layout: str, dropout_p: float, scale: Optional[float], causal: 
 def flash_call(layout: str, dropout_p: float, softmax_scale: Optional[float], causal: bool, window_size: Any,
                softcap: float, alibi_slopes: Any, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None) -> Call:
     _unsupported(softcap, alibi_slopes)
-    left, right = _window(window_size)
+    left, right = window_pair(window_size)
     if cu_seqlens_q is None:  # the common call: one Call object per distinct set of options
         return _cached_call(layout, float(dropout_p), None if softmax_scale is None else float(softmax_scale),
                             bool(causal), left, right)

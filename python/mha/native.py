@@ -6,16 +6,16 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from . import _arrays
-from ._core import Call, run_backward, run_forward
+from ._core import Call, run_backward, run_forward, window_pair
 
 
 def _call(layout: str, scale: Optional[float], causal: bool, window_size: Any, mask: Any, cu_seqlens_q: Any,
           cu_seqlens_k: Any, dropout_p: float) -> Call:
-    left, right = window_size
+    left, right = window_pair(window_size)
     cq = None if cu_seqlens_q is None else _arrays.int32(cu_seqlens_q, "cu_seqlens_q")
     ck = None if cu_seqlens_k is None else _arrays.int32(cu_seqlens_k, "cu_seqlens_k")
     m = None if mask is None else _arrays.view(_arrays.as_array(mask, "mask"))
-    return Call(layout=layout, scale=scale, causal=causal, window_left=int(left), window_right=int(right), mask=m,
+    return Call(layout=layout, scale=scale, causal=causal, window_left=left, window_right=right, mask=m,
                 cu_seqlens_q=cq, cu_seqlens_k=ck, dropout_p=float(dropout_p))
 
 

@@ -82,8 +82,8 @@ void forward(const InArray& q, const InArray& k, const InArray& v, const OutArra
   const auto layout = checked_layout(layout_name);
   const Options o = options_of(scale, causal, window_left, window_right, mask, cu_seqlens_q, cu_seqlens_k,
                                dropout_p, dropout_seed, dropout_offset);
-  const Tensor tq = tensor_of(q, "q", kLogical, layout), tk = tensor_of(k, "k", kLogical, layout),
-               tv = tensor_of(v, "v", kLogical, layout), to = tensor_of(out, "out", kLogical, layout);
+  const auto op = [layout](const auto& a, const char* name) { return tensor_of(a, name, kLogical, layout); };
+  const Tensor tq = op(q, "q"), tk = op(k, "k"), tv = op(v, "v"), to = op(out, "out");
   std::optional<Tensor> tl;
   if (lse) tl = tensor_of(*lse, "lse", "bhs", lse_axes(layout));
   nb::gil_scoped_release release;
@@ -99,11 +99,10 @@ void backward(const InArray& q, const InArray& k, const InArray& v, const InArra
   const auto layout = checked_layout(layout_name);
   const Options o = options_of(scale, causal, window_left, window_right, mask, cu_seqlens_q, cu_seqlens_k,
                                dropout_p, dropout_seed, dropout_offset);
-  const Tensor tq = tensor_of(q, "q", kLogical, layout), tk = tensor_of(k, "k", kLogical, layout),
-               tv = tensor_of(v, "v", kLogical, layout), to = tensor_of(out, "out", kLogical, layout),
-               tdo = tensor_of(dout, "dout", kLogical, layout), tl = tensor_of(lse, "lse", "bhs", lse_axes(layout)),
-               tdq = tensor_of(dq, "dq", kLogical, layout), tdk = tensor_of(dk, "dk", kLogical, layout),
-               tdv = tensor_of(dv, "dv", kLogical, layout);
+  const auto op = [layout](const auto& a, const char* name) { return tensor_of(a, name, kLogical, layout); };
+  const Tensor tq = op(q, "q"), tk = op(k, "k"), tv = op(v, "v"), to = op(out, "out"), tdo = op(dout, "dout"),
+               tl = tensor_of(lse, "lse", "bhs", lse_axes(layout)), tdq = op(dq, "dq"), tdk = op(dk, "dk"),
+               tdv = op(dv, "dv");
   nb::gil_scoped_release release;
   attention_backward(tq, tk, tv, to, tdo, tl, tdq, tdk, tdv, o.options);
 }

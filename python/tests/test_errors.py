@@ -19,8 +19,10 @@ def test_invalid_argument_is_value_error_with_the_argument():
     with pytest.raises(ValueError) as e:
         mha.flash_attn_func(q, k[:, :, :1].repeat(3, axis=2), v[:, :, :1].repeat(3, axis=2))  # 3 KV heads, 2 q heads
     assert e.value.argument == "k"
-    with pytest.raises(ValueError, match="window_size"):
-        mha.flash_attn_func(q, k, v, window_size=5)
+    for call in (mha.flash_attn_func, mha.attention):
+        with pytest.raises(ValueError, match="window_size") as e:
+            call(q, k, v, window_size=5)
+        assert e.value.argument == "window_size"
     with pytest.raises(ValueError) as e:
         mha.attention(q, k, v, dropout_p=1.0)
     assert e.value.argument == "dropout_p"

@@ -1,14 +1,14 @@
-// Row-wise steps between the products of a transformer layer: the exact-erf GELU and LayerNorm.
-// Plain loops written so the compiler vectorizes them for the baseline ISA (no calls into libm in
-// the inner loop); both run inside product tiles or per row block, while the data is in cache.
+// Row-wise steps between the products of a transformer layer: the exact-erf GELU (a per-ISA kernel,
+// kernels/gelu_impl.h) and LayerNorm; both run inside product tiles or per row block, while the
+// data is in cache.
 #pragma once
 
 #include <cstdint>
 
 namespace mha::detail {
 
-// x ← 0.5·x·(1 + erf(x/√2)) in place, computed as 0.5·x·erfc(−x/√2) so that the relative error
-// stays near 1e-7 for every x (the erfc approximation's own error is below 1.2e-7 relative).
+// x ← 0.5·x·(1 + erf(x/√2)) in place, through erfc so that the relative error stays within a few
+// 1e-7 for every x, on the active ISA's kernel.
 void gelu_erf(float* x, std::int64_t n);
 
 // Each of `rows` rows of x (n values, leading dimension ld) ← (x − mean)/√(var + eps)·gamma + beta,

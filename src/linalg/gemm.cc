@@ -43,10 +43,13 @@ void gemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, Ma
 
 void gemm(std::int64_t m, std::int64_t n, std::int64_t k, Matrix a, Matrix b, float* c, std::int64_t ldc,
           const Epilogue& e) {
-  const std::int64_t tiles_m = (m + kTileRows - 1) / kTileRows, tiles_n = (n + kTileCols - 1) / kTileCols;
+  // Columns split evenly (1152 = 2 × 576, not 1024 + a thin 128), in multiples of 64.
+  const std::int64_t tiles_n = (n + kTileCols - 1) / kTileCols;
+  const std::int64_t tile_cols = std::min(n, ((n + tiles_n - 1) / tiles_n + 63) / 64 * 64);
+  const std::int64_t tiles_m = (m + kTileRows - 1) / kTileRows;
   global_pool()->parallel_for(tiles_m * tiles_n, [&](std::int64_t t) {
-    const std::int64_t i0 = (t / tiles_n) * kTileRows, j0 = (t % tiles_n) * kTileCols;
-    const std::int64_t rows = std::min(kTileRows, m - i0), cols = std::min(kTileCols, n - j0);
+    const std::int64_t i0 = (t / tiles_n) * kTileRows, j0 = (t % tiles_n) * tile_cols;
+    const std::int64_t rows = std::min(kTileRows, m - i0), cols = std::min(tile_cols, n - j0);
     float* ct = c + i0 * ldc + j0;
     float beta = 0;
     if (e.residual != nullptr || e.bias != nullptr) {  // c starts as residual + bias, sgemm adds to it
