@@ -428,3 +428,74 @@ TEST(Engine, StepsEqualDecodeAndFreedBlocksAreReused) {
 
 }  // namespace
 }  // namespace mha
+
+namespace mha {
+namespace {
+
+// attention_with_kvcache on caller-owned caches: the new tokens land in the caches, a decode step
+// gives the same bits on a paged and a contiguous cache, a non-causal chunk the same bits as the
+// forward kernel over the entry's cached rows, and bad lengths leave the caches untouched.
+TEST(KvCacheCall, AppendsDecodesAndMatchesTheKernelsItRuns) {
+  const std::int64_t B = 2, S = 48, H = 4, Hkv = 2, D = 32, bs = 16;
+  std::vector<float> kc = check::normal_vector(std::size_t(B * S * Hkv * D), 1), vc = check::normal_vector(kc.size(), 2);
+  std::vector<float> q = check::normal_vector(std::size_t(B * 3 * H * D), 3);
+  std::vector<float> kn = check::normal_vector(std::size_t(B * Hkv * D), 4), vn = check::normal_vector(kn.size(), 5);
+  const std::vector<std::int32_t> lens = {20, 33};
+  // The paged copy: entry b's block j is block table[b][j] of a pool, here in reverse order.
+  const std::vector<std::int32_t> table = {5, 4, 3, 2, 1, 0};
+  std::vector<float> kp(kc.size()), vp(vc.size());
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t j = 0; j < S / bs; ++j) {
+      const std::size_t n = std::size_t(bs * Hkv * D), src = std::size_t((b * S + j * bs) * Hkv * D),
+                        dst = std::size_t(table[std::size_t(b * 3 + j)]) * n;
+      std::copy_n(kc.begin() + std::ptrdiff_t(src), n, kp.begin() + std::ptrdiff_t(dst));
+      std::copy_n(vc.begin() + std::ptrdiff_t(src), n, vp.begin() + std::ptrdiff_t(dst));
+    }
+  const Tensor knew = Tensor::bshd(kn.data(), DType::f32, B, 1, Hkv, D), vnew = Tensor::bshd(vn.data(), DType::f32, B, 1, Hkv, D);
+  std::vector<float> out_c(std::size_t(B * H * D)), out_p(out_c.size());
+  KvCacheCallOptions o{.causal = true, .k_new = &knew, .v_new = &vnew};
+  const Tensor q1 = Tensor::bshd(q.data(), DType::f32, B, 1, H, D);
+  attention_with_kvcache(q1, Tensor::bshd(kc.data(), DType::f32, B, S, Hkv, D),
+                         Tensor::bshd(vc.data(), DType::f32, B, S, Hkv, D), lens,
+                         Tensor::bshd(out_c.data(), DType::f32, B, 1, H, D), o);
+  o.block_table = table;
+  attention_with_kvcache(q1, Tensor::bshd(kp.data(), DType::f32, 6, bs, Hkv, D),
+                         Tensor::bshd(vp.data(), DType::f32, 6, bs, Hkv, D), lens,
+                         Tensor::bshd(out_p.data(), DType::f32, B, 1, H, D), o);
+  EXPECT_EQ(out_c, out_p);
+  for (std::int64_t b = 0; b < B; ++b)  // the new row of entry b, in both caches
+    for (std::int64_t e = 0; e < Hkv * D; ++e) {
+      const std::int64_t r = lens[std::size_t(b)];
+      ASSERT_EQ(kc[std::size_t((b * S + r) * Hkv * D + e)], kn[std::size_t(b * Hkv * D + e)]);
+      ASSERT_EQ(kp[std::size_t((table[std::size_t(b * 3 + r / bs)] * bs + r % bs) * Hkv * D + e)],
+                kn[std::size_t(b * Hkv * D + e)]);
+    }
+  // A non-causal chunk of 3 queries without new tokens: the forward kernel over rows [0, L_b).
+  std::vector<float> out3(std::size_t(B * 3 * H * D)), want(std::size_t(3 * H * D));
+  attention_with_kvcache(Tensor::bshd(q.data(), DType::f32, B, 3, H, D), Tensor::bshd(kc.data(), DType::f32, B, S, Hkv, D),
+                         Tensor::bshd(vc.data(), DType::f32, B, S, Hkv, D), lens,
+                         Tensor::bshd(out3.data(), DType::f32, B, 3, H, D));
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t L = lens[std::size_t(b)];
+    attention(Tensor::bshd(q.data() + b * 3 * H * D, DType::f32, 1, 3, H, D),
+              Tensor::bshd(kc.data() + b * S * Hkv * D, DType::f32, 1, L, Hkv, D),
+              Tensor::bshd(vc.data() + b * S * Hkv * D, DType::f32, 1, L, Hkv, D),
+              Tensor::bshd(want.data(), DType::f32, 1, 3, H, D));
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), out3.begin() + b * 3 * H * D)) << "entry " << b;
+  }
+  // No room for the new token: an error naming cache_seqlens, and the caches are as they were.
+  const std::vector<float> kc_before = kc;
+  o.block_table = {};
+  try {
+    attention_with_kvcache(q1, Tensor::bshd(kc.data(), DType::f32, B, S, Hkv, D),
+                           Tensor::bshd(vc.data(), DType::f32, B, S, Hkv, D), std::vector<std::int32_t>{1, 48},
+                           Tensor::bshd(out_c.data(), DType::f32, B, 1, H, D), o);
+    ADD_FAILURE() << "no error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_EQ(e.argument(), "cache_seqlens");
+  }
+  EXPECT_EQ(kc, kc_before);
+}
+
+}  // namespace
+}  // namespace mha

@@ -37,6 +37,37 @@ void prefill_attention(const Tensor& q, const KvCache& cache, std::int32_t seq, 
                        std::optional<std::int64_t> cache_seqlen = std::nullopt,
                        const DecodeOptions& options = {});
 
+// FlashAttention's flash_attn_with_kvcache on caches the caller owns (no KvCache object).
+struct KvCacheCallOptions {
+  std::optional<float> scale;  // default 1/sqrt(head_dim)
+  bool causal = false;         // bottom-right: query i of entry b sits at key position L_b − Nq + i
+  std::int64_t window_left = -1, window_right = -1;  // as AttentionOptions
+  // New tokens k_new, v_new [B, Nnew, Hkv, D] (the caches' dtype, any strides), written into the
+  // caches at positions cache_seqlens[b] .. cache_seqlens[b] + Nnew − 1 before attention.
+  const Tensor* k_new = nullptr;
+  const Tensor* v_new = nullptr;
+  // Rotary tables cos, sin [positions, rotary_dim / 2] (f32/f16/bf16): the new keys are rotated at
+  // their positions; q at cache_seqlens[b] + i when causal or windowed, else all at cache_seqlens[b]
+  // (FlashAttention's rule). Pairs (x[2i], x[2i+1]) when interleaved, else (x[i], x[i + rotary_dim/2]).
+  const Tensor* rotary_cos = nullptr;
+  const Tensor* rotary_sin = nullptr;
+  bool rotary_interleaved = true;
+  // Paged caches: block_table [B, max_blocks] (row-major int32) maps entry b's block j to a block of
+  // the caches; empty for contiguous caches.
+  std::span<const std::int32_t> block_table;
+};
+
+// q [B, Nq, Hq, D]; k_cache, v_cache C-contiguous [B, S, Hkv, D] (contiguous) or [num_blocks,
+// block_size, Hkv, D] (paged), the dtype of q; cache_seqlens [B]: tokens already cached per entry.
+// Entry b attends to keys [0, L_b), L_b = cache_seqlens[b] + Nnew. out [B, Nq, Hq, D] f32 or q's
+// dtype; lse [B, Hq, Nq] f32 when given. Causal decode steps (Nq <= 64) run the flash-decode
+// kernel; other calls the flash forward kernel per entry (a paged cache gathered first). Bitwise
+// identical for any thread count. Everything is checked before anything is written (the new
+// tokens included): InvalidArgument / Unsupported naming the argument.
+void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                            std::span<const std::int32_t> cache_seqlens, const Tensor& out,
+                            const KvCacheCallOptions& options = {}, const Tensor* lse = nullptr);
+
 // Continuous batching over one paged (or contiguous) cache: sequences are admitted with their
 // prompt, stepped together one token at a time, and retired; their blocks go back to the pool and
 // are reused by later sequences. This is the attention part of a serving loop: the caller brings

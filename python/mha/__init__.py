@@ -21,7 +21,7 @@ from ._mha import (
 from ._rng import get_rng_state, manual_seed
 from .decode import DecodeEngine, KvCache
 from .encoder import SentenceEncoder
-from .flash import flash_attn_func, flash_attn_varlen_func
+from .flash import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache
 from .layers import MultiHeadAttention
 from .native import attention, attention_backward
 from .sdpa import scaled_dot_product_attention
@@ -38,6 +38,7 @@ __all__ = [
     "attention_backward",
     "flash_attn_func",
     "flash_attn_varlen_func",
+    "flash_attn_with_kvcache",
     "get_rng_state",
     "manual_seed",
     "num_threads",

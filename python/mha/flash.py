@@ -103,3 +103,48 @@ def flash_attn_varlen_func(q: Any, k: Any, v: Any, cu_seqlens_q: Any, cu_seqlens
     batch = int(call.cu_seqlens_q.shape[0]) - 1
     return out, lse, keep_mask(q, max(batch, 0), q.shape[1], int(max_seqlen_q), int(max_seqlen_k), call.dropout_p,
                                seed, offset)
+
+
+def flash_attn_with_kvcache(q: Any, k_cache: Any, v_cache: Any, k: Any = None, v: Any = None, rotary_cos: Any = None,
+                            rotary_sin: Any = None, cache_seqlens: Any = None, cache_batch_idx: Any = None,
+                            cache_leftpad: Any = None, block_table: Any = None, softmax_scale: Optional[float] = None,
+                            causal: bool = False, window_size: tuple[int, int] = (-1, -1), softcap: float = 0.0,
+                            rotary_interleaved: bool = True, alibi_slopes: Any = None, num_splits: int = 0,
+                            return_softmax_lse: bool = False) -> Any:
+    """Attention of q [B, Sq, Hq, D] against KV caches the caller owns, FlashAttention's call:
+    k_cache, v_cache [B_cache, S, Hkv, D] (contiguous) or, with block_table [B, max_blocks] (int32),
+    [num_blocks, block_size, Hkv, D] (paged); C-contiguous, q's dtype. cache_seqlens (int or [B]
+    int32; default 0): tokens already cached. k, v [B, Snew, Hkv, D] are written into the caches in
+    place at cache_seqlens before attention (rotated by rotary_cos/sin [positions, rotary_dim / 2]
+    when given, as q is). Entry b attends to keys [0, cache_seqlens[b] + Snew), causal aligned
+    bottom-right. Returns out [B, Sq, Hq, D] in q's dtype (and softmax_lse [B, Hq, Sq] float32)."""
+    if softcap:
+        raise invalid("softcap", "softcap: not supported by mha, expected 0.0", NotImplementedError)
+    for name, value in (("cache_batch_idx", cache_batch_idx), ("cache_leftpad", cache_leftpad),
+                        ("alibi_slopes", alibi_slopes)):
+        if value is not None:
+            raise invalid(name, f"{name}: not supported by mha, expected None", NotImplementedError)
+    q, k_cache, v_cache = (_arrays.as_array(x, n) for x, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")))
+    dt = _arrays.dtype_name(q, "q")
+    batch = q.shape[0] if q.ndim == 4 else 0
+    if cache_seqlens is None or isinstance(cache_seqlens, (int, np.integer)):
+        lens = np.full(batch, int(cache_seqlens or 0), np.int32)
+    else:
+        lens = _arrays.int32(cache_seqlens, "cache_seqlens")
+    table = None
+    if block_table is not None:
+        table = _arrays.int32(block_table, "block_table")
+        if table.ndim != 2 or table.shape[0] != batch:
+            raise invalid("block_table", f"block_table: shape {tuple(table.shape)}, expected [batch = {batch}, "
+                                         "max_blocks]")
+        table = table.reshape(-1)
+    left, right = window_pair(window_size)
+    out = _arrays.empty(q, tuple(q.shape), dt)
+    lse = _arrays.empty(q, (batch, q.shape[2], q.shape[1]), "f32") if return_softmax_lse and q.ndim == 4 else None
+    v_ = _arrays.view
+    opt = (lambda x, n: None if x is None else v_(_arrays.as_array(x, n)))
+    _mha.attention_with_kvcache(v_(q), v_(k_cache), v_(v_cache), lens, v_(out), None if lse is None else v_(lse),
+                                opt(k, "k"), opt(v, "v"), opt(rotary_cos, "rotary_cos"),
+                                opt(rotary_sin, "rotary_sin"), rotary_interleaved, table, softmax_scale, causal,
+                                left, right)
+    return (out, lse) if return_softmax_lse else out

@@ -39,6 +39,37 @@ std::vector<std::int32_t> to_vector(std::span<const std::int32_t> s) { return {s
 }  // namespace
 
 void bind_decode(nb::module_& m) {
+  m.def(
+      "attention_with_kvcache",
+      [](const InArray& q, const OutArray& k_cache, const OutArray& v_cache, const InArray& cache_seqlens,
+         const OutArray& out, const std::optional<OutArray>& lse, const std::optional<InArray>& k,
+         const std::optional<InArray>& v, const std::optional<InArray>& rotary_cos,
+         const std::optional<InArray>& rotary_sin, bool rotary_interleaved, const std::optional<InArray>& block_table,
+         std::optional<float> scale, bool causal, std::int64_t window_left, std::int64_t window_right) {
+        const Tensor tq = tensor_of(q, "q", "bshd", "bshd"), tkc = tensor_of(k_cache, "k_cache", "bshd", "bshd"),
+                     tvc = tensor_of(v_cache, "v_cache", "bshd", "bshd"), to = tensor_of(out, "out", "bshd", "bshd");
+        std::optional<Tensor> tl, tk, tv, tcos, tsin;
+        if (lse) tl = tensor_of(*lse, "lse", "bhs", "bhs");
+        if (k) tk = tensor_of(*k, "k", "bshd", "bshd");
+        if (v) tv = tensor_of(*v, "v", "bshd", "bshd");
+        if (rotary_cos) tcos = tensor_of(*rotary_cos, "rotary_cos", "pr", "pr");
+        if (rotary_sin) tsin = tensor_of(*rotary_sin, "rotary_sin", "pr", "pr");
+        KvCacheCallOptions o{.scale = scale, .causal = causal, .window_left = window_left,
+                             .window_right = window_right, .k_new = tk ? &*tk : nullptr, .v_new = tv ? &*tv : nullptr,
+                             .rotary_cos = tcos ? &*tcos : nullptr, .rotary_sin = tsin ? &*tsin : nullptr,
+                             .rotary_interleaved = rotary_interleaved};
+        if (block_table) o.block_table = int32_span(*block_table, "block_table");
+        const auto lens = int32_span(cache_seqlens, "cache_seqlens");
+        nb::gil_scoped_release release;
+        attention_with_kvcache(tq, tkc, tvc, lens, to, o, tl ? &*tl : nullptr);
+      },
+      nb::arg("q"), nb::arg("k_cache"), nb::arg("v_cache"), nb::arg("cache_seqlens"), nb::arg("out"),
+      nb::arg("lse").none() = nb::none(), nb::arg("k").none() = nb::none(), nb::arg("v").none() = nb::none(),
+      nb::arg("rotary_cos").none() = nb::none(), nb::arg("rotary_sin").none() = nb::none(),
+      nb::arg("rotary_interleaved") = true, nb::arg("block_table").none() = nb::none(),
+      nb::arg("scale").none() = nb::none(), nb::arg("causal") = false, nb::arg("window_left") = -1,
+      nb::arg("window_right") = -1,
+      "mha::attention_with_kvcache on array views: appends k, v into the caches in place and writes out.");
   nb::class_<KvCache>(m, "KvCache",
                       "One layer's K and V for many sequences, contiguous (block_size = 0) or paged; "
                       "dtype 'f32', 'f16', 'bf16' or 'int8' (per-token scales).")
