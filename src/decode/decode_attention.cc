@@ -104,10 +104,7 @@ void decode_attention(const Tensor& q, const KvCache& cache, std::span<const std
   p.hkv = c.kv_heads;
   p.d = D;
   p.scale = scale;
-  const std::int64_t lse_stride[3] = {lse ? lse->strides[0] : 0, lse ? lse->strides[1] : 0,
-                                      lse ? lse->strides[2] : 0};
-  detail::run_decode(p, detail::decode_kernel(active_isa()), out.data, out.dtype, out.strides.data(),
-                     lse ? static_cast<float*>(lse->data) : nullptr, lse_stride);
+  detail::run_decode(p, out, lse);
 }
 
 }  // namespace mha

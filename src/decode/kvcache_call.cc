@@ -215,26 +215,12 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
     decode = decode && lens[std::size_t(b)] >= Nq;
   }
   if (decode) {
-    detail::DecodeParams p;
-    p.q = qf.data();
-    p.k = k_cache.data;
-    p.v = v_cache.data;
-    p.cache_dtype = q.dtype == DType::f32 ? 0 : q.dtype == DType::f16 ? 1 : 2;
-    p.tables = tables;
-    p.blocks_per_seq = max_blocks;
-    p.rows_per_block = rows_per_block;
-    p.seqs = seqs.data();
-    p.seqlens = lens.data();
-    p.batch = B;
-    p.nq = Nq;
-    p.hq = Hq;
-    p.hkv = Hkv;
-    p.d = D;
-    p.scale = scale;
-    const std::int64_t lse_stride[3] = {lse ? lse->strides[0] : 0, lse ? lse->strides[1] : 0,
-                                        lse ? lse->strides[2] : 0};
-    detail::run_decode(p, detail::decode_kernel(active_isa()), out.data, out.dtype, out.strides.data(),
-                       lse ? static_cast<float*>(lse->data) : nullptr, lse_stride);
+    const detail::DecodeParams p{.q = qf.data(), .k = k_cache.data, .v = v_cache.data,
+                                 .cache_dtype = q.dtype == DType::f32 ? 0 : q.dtype == DType::f16 ? 1 : 2,
+                                 .tables = tables, .blocks_per_seq = max_blocks, .rows_per_block = rows_per_block,
+                                 .seqs = seqs.data(), .seqlens = lens.data(), .batch = B, .nq = Nq, .hq = Hq,
+                                 .hkv = Hkv, .d = D, .scale = scale};
+    detail::run_decode(p, out, lse);
     return;
   }
   // The forward kernel per entry: q back in q's dtype (rotated), keys [0, L_b).

@@ -73,9 +73,9 @@ void decode_chunk(const DecodeParams&, const DecodeItem&, float*);
 
 DecodeKernel decode_kernel(Isa isa);
 
-// Runs the items on the global pool, merges the partials, writes out [batch, nq, hq, d] (f32 or
-// the dtype given, with the strides given) and, when lse is not null, lse [batch, hq, nq].
-void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,
-                const std::int64_t* out_stride, float* lse, const std::int64_t* lse_stride);
+// Runs the items on the global pool (the active ISA's kernel), merges the partials, writes out
+// [batch, nq, hq, d] (f32 or q's dtype, any strides) and, when lse is not null, lse [batch, hq, nq]
+// f32. The caller has checked both.
+void run_decode(const DecodeParams& p, const Tensor& out, const Tensor* lse);
 
 }  // namespace mha::detail

@@ -26,8 +26,13 @@ std::int64_t decode_scratch_floats(const DecodeParams& p) {
   return stage_offset(p) + kDecodeTile * p.hkv * decode_ld(p.d) + 2 * p.hkv * kDecodeTile;
 }
 
-void run_decode(const DecodeParams& p, DecodeKernel kernel, void* out, DType out_dtype,
-                const std::int64_t* out_stride, float* lse, const std::int64_t* lse_stride) {
+void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse_view) {
+  const DecodeKernel kernel = decode_kernel(active_isa());
+  void* out = out_view.data;
+  const DType out_dtype = out_view.dtype;
+  const std::int64_t* out_stride = out_view.strides.data();
+  float* lse = lse_view != nullptr ? static_cast<float*>(lse_view->data) : nullptr;
+  const std::int64_t* lse_stride = lse_view != nullptr ? lse_view->strides.data() : nullptr;
   const std::int64_t G = p.hq / p.hkv, R = G * p.nq, part = p.hkv * R * (p.d + 2);
   // Items and partials are kept per calling thread and reused: steady-state steps allocate nothing.
   thread_local std::vector<DecodeItem> caller_items;
