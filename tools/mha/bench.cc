@@ -30,7 +30,7 @@ struct BenchArgs {
   bool causal = false;
   std::string dtype = "f32";
   std::string mask = "none";
-  std::string json;
+  std::string json, plot;
   bool long_context = false;
   bool naive = false;
   bool backward = false;
@@ -124,7 +124,9 @@ void run(const BenchArgs& args) {
   if (args.long_context)
     shapes.push_back({"long_64k_causal", make_case({1, 8, 8, 65536, 65536, 128}, true, dt, mask)});
   if (shapes.empty()) shapes = args.backward ? backward_shapes() : default_shapes();
-  run_bench(shapes, args.min_time, args.json);
+  const std::string json = args.json.empty() && !args.plot.empty() ? args.plot + ".json" : args.json;
+  run_bench(shapes, args.min_time, json);
+  if (!args.plot.empty()) plot_records(json, args.plot);
 }
 
 }  // namespace
@@ -283,6 +285,7 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--min-time", args->min_time, "Seconds to spend timing each shape")
       ->check(finite_range(0.0, 600.0));
   cmd->add_option("--json", args->json, "Also write JSON records to this file");
+  add_plot_option(*cmd, args->plot);
   add_bench_decode(*cmd);
   cmd->callback([cmd, args] {
     if (!cmd->get_subcommands().empty()) return;  // `mha bench decode` ran instead

@@ -28,7 +28,7 @@ struct DecodeBenchArgs {
   std::vector<std::string> layouts{"contiguous", "paged"};
   std::int64_t head_dim = 128, block_size = 16, working_set_mib = 256;
   double min_time = 0.3;
-  std::string json;
+  std::string json, plot;
 };
 
 struct Shape {
@@ -206,7 +206,9 @@ void run(const DecodeBenchArgs& a) {
       fmt::print("paged vs contiguous (context {}, {}/{}, batch {}, {}): {:+.1f}% time\n", r.s.context,
                  r.s.hq, r.s.hkv, r.s.batch, to_string(r.s.dtype), 100 * (r.us / m->us - 1));
   }
-  if (!a.json.empty()) write_json_file(a.json, records.dump(2));
+  const std::string json = a.json.empty() && !a.plot.empty() ? a.plot + ".json" : a.json;
+  if (!json.empty()) write_json_file(json, records.dump(2));
+  if (!a.plot.empty()) plot_records(json, a.plot);
 }
 
 }  // namespace
@@ -239,6 +241,7 @@ void add_bench_decode(CLI::App& bench) {
   cmd->add_option("--min-time", a->min_time, "Seconds to spend timing each shape")
       ->check(finite_range(0.0, 600.0));
   cmd->add_option("--json", a->json, "Also write JSON records to this file");
+  add_plot_option(*cmd, a->plot);
   cmd->callback([a] { run(*a); });
 }
 

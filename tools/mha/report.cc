@@ -1,9 +1,13 @@
 #include "report.h"
 
 #include <fmt/format.h>
+#include <spawn.h>
+#include <sys/wait.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <fstream>
+#include <vector>
 
 #include "io/file.h"
 #include "mha/errors.h"
@@ -70,6 +74,28 @@ void write_json_file(const std::string& path, const std::string& text) {
   f.write("\n", 1);
   f.commit();
   fmt::print("JSON written to {}\n", path);
+}
+
+void add_plot_option(CLI::App& cmd, std::string& plot) {
+  cmd.add_option("--plot", plot,
+                 "Also draw the records as a roofline PNG (python -m mha.plot: the Python package with matplotlib)");
+}
+
+void plot_records(const std::string& json, const std::string& png) {
+  const char* env = std::getenv("MHA_PYTHON");
+  std::string python = env != nullptr && *env != '\0' ? env : "python3";
+  std::vector<std::string> args = {python, "-m", "mha.plot", json, "-o", png};
+  std::vector<char*> argv;
+  for (std::string& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  pid_t pid = 0;
+  int status = 0;
+  if (posix_spawnp(&pid, argv[0], nullptr, nullptr, argv.data(), environ) != 0 || waitpid(pid, &status, 0) < 0 ||
+      !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw IoError(png, fmt::format("--plot: `{} -m mha.plot {} -o {}` failed; it needs the Python package mha "
+                                   "with matplotlib (MHA_PYTHON picks the interpreter)",
+                                   python, json, png));
 }
 
 }  // namespace mha::cli

@@ -1,6 +1,8 @@
 // Shared pieces of the CLI's reports: accuracy rows and timing.
 #pragma once
 
+#include <CLI/CLI.hpp>
+
 #include <chrono>
 #include <functional>
 #include <string>
@@ -33,5 +35,11 @@ double time_ms(const std::function<void()>& fn, double budget_s = 0.5);
 
 // Writes `text` and a newline to `path`; IoError when it cannot.
 void write_json_file(const std::string& path, const std::string& text);
+
+// `--plot FILE.png` of the bench commands: adds the option, and draws the records of `json` (the
+// --json file, or FILE.png.json when none was given) as a roofline through the Python package
+// (`python -m mha.plot`, matplotlib; MHA_PYTHON picks the interpreter). IoError when that fails.
+void add_plot_option(CLI::App& cmd, std::string& plot);
+void plot_records(const std::string& json, const std::string& png);
 
 }  // namespace mha::cli
