@@ -39,18 +39,15 @@ double encoder_flops(const BertConfig& c, std::span<const std::int32_t> cu) {
 }
 
 [[noreturn]] void run_python(const EmbedArgs& a) {
-  const char* env = std::getenv("MHA_PYTHON");
-  const std::string python = env != nullptr && *env != '\0' ? env : "python3";
-  std::vector<std::string> args = {python, "-m", "mha.embed", "--model", a.model, "--text", a.text, "--out", a.out};
+  std::vector<std::string> args = {python_interpreter(), "-m", "mha.embed", "--model", a.model, "--text", a.text,
+                                   "--out", a.out};
   if (a.no_normalize) args.emplace_back("--no-normalize");
-  std::vector<char*> argv;
-  for (std::string& s : args) argv.push_back(s.data());
-  argv.push_back(nullptr);
+  const std::vector<char*> argv = c_argv(args);
   std::fflush(stdout);
   ::execvp(argv[0], argv.data());
   throw Unsupported("text", fmt::format("embed --text runs `{} -m mha.embed` (the Python package's tokenizer), "
                                         "which could not start: {}; set MHA_PYTHON or pass --ids",
-                                        python, std::strerror(errno)));
+                                        args[0], std::strerror(errno)));
 }
 
 }  // namespace

@@ -81,13 +81,21 @@ void add_plot_option(CLI::App& cmd, std::string& plot) {
                  "Also draw the records as a roofline PNG (python -m mha.plot: the Python package with matplotlib)");
 }
 
-void plot_records(const std::string& json, const std::string& png) {
+std::string python_interpreter() {
   const char* env = std::getenv("MHA_PYTHON");
-  std::string python = env != nullptr && *env != '\0' ? env : "python3";
-  std::vector<std::string> args = {python, "-m", "mha.plot", json, "-o", png};
+  return env != nullptr && *env != '\0' ? env : "python3";
+}
+
+std::vector<char*> c_argv(std::vector<std::string>& args) {
   std::vector<char*> argv;
   for (std::string& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
+  return argv;
+}
+
+void plot_records(const std::string& json, const std::string& png) {
+  std::vector<std::string> args = {python_interpreter(), "-m", "mha.plot", json, "-o", png};
+  const std::vector<char*> argv = c_argv(args);
   std::fflush(stdout);
   pid_t pid = 0;
   int status = 0;
@@ -95,7 +103,7 @@ void plot_records(const std::string& json, const std::string& png) {
       !WIFEXITED(status) || WEXITSTATUS(status) != 0)
     throw IoError(png, fmt::format("--plot: `{} -m mha.plot {} -o {}` failed; it needs the Python package mha "
                                    "with matplotlib (MHA_PYTHON picks the interpreter)",
-                                   python, json, png));
+                                   args[0], json, png));
 }
 
 }  // namespace mha::cli

@@ -36,6 +36,11 @@ double time_ms(const std::function<void()>& fn, double budget_s = 0.5);
 // Writes `text` and a newline to `path`; IoError when it cannot.
 void write_json_file(const std::string& path, const std::string& text);
 
+// The interpreter that runs the Python package's modules for the CLI: MHA_PYTHON, else python3.
+std::string python_interpreter();
+// argv for exec/posix_spawn: pointers into `args` (which must outlive them), null-terminated.
+std::vector<char*> c_argv(std::vector<std::string>& args);
+
 // `--plot FILE.png` of the bench commands: adds the option, and draws the records of `json` (the
 // --json file, or FILE.png.json when none was given) as a roofline through the Python package
 // (`python -m mha.plot`, matplotlib; MHA_PYTHON picks the interpreter). IoError when that fails.
