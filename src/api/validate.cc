@@ -59,6 +59,15 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
   return {b, b + bytes};
 }
 
+bool is_c_contiguous(const Tensor& t) {
+  std::int64_t stride = 1;
+  for (int i = t.rank - 1; i >= 0; --i) {
+    if (t.shape[std::size_t(i)] != 1 && t.strides[std::size_t(i)] != stride) return false;
+    stride *= t.shape[std::size_t(i)];
+  }
+  return true;
+}
+
 void check_no_self_overlap(const char* func, const std::string& name, const Tensor& t) {
   std::array<std::pair<std::int64_t, std::int64_t>, Tensor::kMaxRank> dims;  // (stride, size), no allocation
   std::size_t n = 0;

@@ -22,6 +22,9 @@ struct Span {
 // naming `name`, with `func` prefixing the message.
 Span check_view(const char* func, const std::string& name, const Tensor& t, int min_rank, int max_rank);
 
+// Whether the view is C-contiguous (row-major, no gaps); extent-1 dims may have any stride.
+bool is_c_contiguous(const Tensor& t);
+
 // An output must not write one element twice: sorted by stride, each dim must step past the span
 // of the smaller ones. Throws InvalidArgument otherwise.
 void check_no_self_overlap(const char* func, const std::string& name, const Tensor& t);

@@ -34,15 +34,6 @@ template <class E = InvalidArgument, class... Args>
   throw E(argument, fmt::format("{}: {}", kFunc, fmt::format(f, std::forward<Args>(args)...)));
 }
 
-bool c_contiguous(const Tensor& t) {
-  std::int64_t stride = 1;
-  for (int i = t.rank - 1; i >= 0; --i) {
-    if (t.shape[std::size_t(i)] != 1 && t.strides[std::size_t(i)] != stride) return false;
-    stride *= t.shape[std::size_t(i)];
-  }
-  return true;
-}
-
 std::int64_t offset(const Tensor& t, std::int64_t a, std::int64_t b, std::int64_t c, std::int64_t d) {
   return a * t.strides[0] + b * t.strides[1] + c * t.strides[2] + d * t.strides[3];
 }
@@ -79,7 +70,7 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
   for (const auto& [name, t] : {std::pair{"k_cache", &k_cache}, {"v_cache", &v_cache}}) {
     if (t->dtype != q.dtype)
       fail(name, "{}.dtype = {}, expected q's {}", name, to_string(t->dtype), to_string(q.dtype));
-    if (!c_contiguous(*t)) fail(name, "{} is {}, expected a C-contiguous array", name, t->describe());
+    if (!detail::is_c_contiguous(*t)) fail(name, "{} is {}, expected a C-contiguous array", name, t->describe());
   }
   if (v_cache.shape != k_cache.shape)
     fail("v_cache", "v_cache is {}, expected the shape of k_cache {}", v_cache.describe(), k_cache.describe());

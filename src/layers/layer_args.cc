@@ -18,13 +18,8 @@ void check_activation(const char* func, const char* name, const Tensor& t,
   if (t.rank < 1 || t.rank > Tensor::kMaxRank) throw InvalidArgument(name, message());
   check_view(func, name, t, 1, Tensor::kMaxRank);
   if (t.dtype != DType::f32) throw Unsupported(name, message());
-  bool ok = t.rank == int(shape.size());
-  std::int64_t stride = 1;
-  for (int i = t.rank - 1; ok && i >= 0; --i) {
-    const std::int64_t size = t.shape[std::size_t(i)];
-    ok = size == shape.begin()[i] && (size == 1 || t.strides[std::size_t(i)] == stride);
-    stride *= size;
-  }
+  bool ok = t.rank == int(shape.size()) && is_c_contiguous(t);
+  for (int i = 0; ok && i < t.rank; ++i) ok = t.shape[std::size_t(i)] == shape.begin()[i];
   if (!ok) throw InvalidArgument(name, message());
 }
 
