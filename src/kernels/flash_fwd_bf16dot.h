@@ -12,13 +12,7 @@
 // Products of bf16 values are exact in f32 and accumulate in f32; the one extra rounding is P to
 // bf16, which the naive bf16 path (the accuracy yardstick) makes too.
 
-inline __m512bh as_bh(__m512i x) { return (__m512bh)x; }
-
-inline std::uint32_t load_pair(const std::uint16_t* p) {
-  std::uint32_t x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
-}
+#include "kernels/bf16_pairs.h"
 
 // Sᵀ block: KB keys × NV query vectors, over Dp = ceil(D / 2) pairs.
 template <int NV>
@@ -91,9 +85,6 @@ inline void pv_rows_bf16(const std::uint32_t* Pp, const std::uint32_t* Vp, std::
   }
 }
 
-// 16 bf16 values (low halves of the dword lanes) from 16 f32 values, rounded to nearest even.
-inline __m512i bf16_low(__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); }
-
 struct Bf16Dot {
   static void load_q(Item& it) {
     const AttentionParams& p = it.p;
@@ -152,15 +143,7 @@ struct Bf16Dot {
       std::uint32_t* dst = Vp + jp * it.DvP;
       std::int64_t c = 0;
       if (vec_rows) {
-        for (; c + N <= it.Dv; c += N) {
-          const __m512i lo =
-              _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + c)));
-          const __m512i hi = b == nullptr ? _mm512_setzero_si512()
-                                          : _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                                                  reinterpret_cast<const __m256i*>(b + c))),
-                                                              16);
-          _mm512_storeu_si512(dst + c, _mm512_or_si512(lo, hi));
-        }
+        for (; c + N <= it.Dv; c += N) _mm512_storeu_si512(dst + c, pair_rows16(a + c, b == nullptr ? nullptr : b + c));
       }
       for (; c < it.Dv; ++c)
         dst[c] = std::uint32_t(a[c * p.v_stride[3]]) |

@@ -154,15 +154,18 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
     const Case& c = s.c;
     const check::CaseData data(c);
     std::vector<std::uint8_t> storage;
-    const Tensor out = data.make_out(storage, c);
+    // A backward is timed as training runs it: out, dout and the gradients in the input dtype (a
+    // bf16 model's autograd hands bf16 dout), reading the forward's out and lse.
+    Case out_case = c;
+    if (s.backward) out_case.out_f32 = false;
+    const Tensor out = data.make_out(storage, out_case);
     Measured m{};
     if (s.backward) {
-      // The backward reads the forward's out and lse and writes gradients in the input dtype.
       std::vector<float> lse_storage;
       const Tensor lse = data.make_lse(lse_storage);
       attention(data.tq, data.tk, data.tv, out, data.options, &lse);
       std::vector<std::uint8_t> dout_storage, dq_storage, dk_storage, dv_storage;
-      const Tensor dout = data.make_out(dout_storage, c);
+      const Tensor dout = data.make_out(dout_storage, out_case);
       std::fill(dout_storage.begin(), dout_storage.end(), std::uint8_t(0x3c));  // small finite values
       const auto like = [&](std::vector<std::uint8_t>& st, const Tensor& t) {
         st.assign(std::size_t(t.numel()) * size_of(t.dtype), 0);

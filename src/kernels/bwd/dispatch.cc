@@ -13,7 +13,7 @@ namespace mha::detail {
 
 FlashBwdKernel flash_bwd_kernel(Isa isa) {
   switch (isa) {
-    case Isa::avx512bf16:
+    case Isa::avx512bf16: return {&avx512bf16::flash_bwd, &avx512bf16::flash_bwd_delta};
     case Isa::avx512: return {&avx512::flash_bwd, &avx512::flash_bwd_delta};
     case Isa::avx2: return {&avx2::flash_bwd, &avx2::flash_bwd_delta};
     case Isa::generic: break;

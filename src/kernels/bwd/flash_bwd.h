@@ -58,6 +58,7 @@ struct FlashBwdKernel {
 MHA_DECLARE_BWD(generic)
 MHA_DECLARE_BWD(avx2)
 MHA_DECLARE_BWD(avx512)
+MHA_DECLARE_BWD(avx512bf16)
 #undef MHA_DECLARE_BWD
 
 FlashBwdKernel flash_bwd_kernel(Isa isa);

@@ -31,9 +31,11 @@
 //
 // Measured (Zen 4, 2 threads, fp32 FMA ceiling 234.8 GFLOP/s in the same run; mha bench --backward):
 // (1,12,12,2048,2048,128) 160 GFLOP/s = 68 % non-causal, 65 % causal; BERT (8,16,384,64) with a
-// padding mask 53 %, where the 64 × 64 blocks at D = 64 leave the micro-kernel's loads and the
-// per-element softmax-gradient pass a larger share. bf16 inputs run the same f32 FMAs (30-33 % of
-// the bf16 dot ceiling): a vdpbf16ps path, as the forward has, is what that target needs.
+// padding mask 53-59 %, where the 64 × 64 blocks at D = 64 leave the micro-kernel's loads and the
+// per-element softmax-gradient pass a larger share. bf16 q/k/v with bf16 dout (what a bf16 model's
+// autograd hands in) run all five products on vdpbf16ps where the CPU has it
+// (flash_bwd_bf16dot.h): 230 ms, 280 GFLOP/s = 60 % of the bf16 dot ceiling (468), against 391 ms
+// = 35 % for the same shape on f32 FMAs.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including flash_bwd_impl.h"
 #endif
@@ -64,26 +66,37 @@ constexpr float kNegInf = -__builtin_inff();
 
 inline std::int64_t round_up(std::int64_t x, std::int64_t m) { return (x + m - 1) / m * m; }
 
+// The products' element policy: f32 operands and FMAs. The bf16 fragment adds one whose elements
+// are dwords of bf16 pairs along the reduction axis, multiplied with vdpbf16ps.
+struct F32Dot {
+  using E = float;
+  using A = Vec::T;
+  using B = Vec::T;
+  static A bcast(const float* a) { return Vec::bcast(a); }
+  static B load(const float* b) { return Vec::load(b); }
+  static Vec::T fma(A a, B b, Vec::T c) { return Vec::fmadd(a, b, c); }
+};
+
 // C[r][v·N ...] (+)= Σ_k A[r·sa_r + k·sa_k] · B[k·ldb + v·N ...] for MR_ rows and NV_ vectors.
-template <int MR_, int NV_>
-inline void gemm_block(const float* __restrict A, std::int64_t sa_r, std::int64_t sa_k,
-                       const float* __restrict B, std::int64_t ldb, std::int64_t K, float* __restrict C,
-                       std::int64_t ldc, bool accumulate) {
+template <class Dot, int MR_, int NV_>
+inline void gemm_block(const typename Dot::E* __restrict A, std::int64_t sa_r, std::int64_t sa_k,
+                       const typename Dot::E* __restrict B, std::int64_t ldb, std::int64_t K,
+                       float* __restrict C, std::int64_t ldc, bool accumulate) {
   Vec::T acc[MR_][NV_];
 #pragma GCC unroll 8
   for (int r = 0; r < MR_; ++r)
 #pragma GCC unroll 8
     for (int v = 0; v < NV_; ++v) acc[r][v] = accumulate ? Vec::load(C + r * ldc + v * N) : Vec::zero();
   for (std::int64_t k = 0; k < K; ++k) {
-    Vec::T bv[NV_];
+    typename Dot::B bv[NV_];
 #pragma GCC unroll 8
-    for (int v = 0; v < NV_; ++v) bv[v] = Vec::load(B + k * ldb + v * N);
-    const float* a = A + k * sa_k;
+    for (int v = 0; v < NV_; ++v) bv[v] = Dot::load(B + k * ldb + v * N);
+    const typename Dot::E* a = A + k * sa_k;
 #pragma GCC unroll 8
     for (int r = 0; r < MR_; ++r) {
-      const Vec::T ab = Vec::bcast(a + r * sa_r);
+      const typename Dot::A ab = Dot::bcast(a + r * sa_r);
 #pragma GCC unroll 8
-      for (int v = 0; v < NV_; ++v) acc[r][v] = Vec::fmadd(ab, bv[v], acc[r][v]);
+      for (int v = 0; v < NV_; ++v) acc[r][v] = Dot::fma(ab, bv[v], acc[r][v]);
     }
   }
 #pragma GCC unroll 8
@@ -92,29 +105,32 @@ inline void gemm_block(const float* __restrict A, std::int64_t sa_r, std::int64_
     for (int v = 0; v < NV_; ++v) Vec::store(C + r * ldc + v * N, acc[r][v]);
 }
 
-template <int MR_>
-inline void gemm_rows(const float* A, std::int64_t sa_r, std::int64_t sa_k, const float* B, std::int64_t ldb,
-                      std::int64_t K, float* C, std::int64_t ldc, std::int64_t nvec, bool accumulate) {
+template <class Dot, int MR_>
+inline void gemm_rows(const typename Dot::E* A, std::int64_t sa_r, std::int64_t sa_k, const typename Dot::E* B,
+                      std::int64_t ldb, std::int64_t K, float* C, std::int64_t ldc, std::int64_t nvec,
+                      bool accumulate) {
   std::int64_t v = 0;
-  for (; v + NB <= nvec; v += NB) gemm_block<MR_, NB>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate);
+  for (; v + NB <= nvec; v += NB)
+    gemm_block<Dot, MR_, NB>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate);
   switch (nvec - v) {
-    case 1: gemm_block<MR_, 1>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate); break;
+    case 1: gemm_block<Dot, MR_, 1>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate); break;
 #if defined(__AVX512F__)
-    case 2: gemm_block<MR_, 2>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate); break;
-    case 3: gemm_block<MR_, 3>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate); break;
+    case 2: gemm_block<Dot, MR_, 2>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate); break;
+    case 3: gemm_block<Dot, MR_, 3>(A, sa_r, sa_k, B + v * N, ldb, K, C + v * N, ldc, accumulate); break;
 #endif
     default: break;
   }
 }
 
 // C[M][nvec·N] (+)= A[M][K] · B[K][nvec·N], A addressed as A[r·sa_r + k·sa_k].
-inline void gemm(std::int64_t M, std::int64_t nvec, std::int64_t K, const float* A, std::int64_t sa_r,
-                 std::int64_t sa_k, const float* B, std::int64_t ldb, float* C, std::int64_t ldc,
+template <class Dot = F32Dot>
+inline void gemm(std::int64_t M, std::int64_t nvec, std::int64_t K, const typename Dot::E* A, std::int64_t sa_r,
+                 std::int64_t sa_k, const typename Dot::E* B, std::int64_t ldb, float* C, std::int64_t ldc,
                  bool accumulate) {
   std::int64_t r = 0;
   for (; r + MR <= M; r += MR)
-    gemm_rows<MR>(A + r * sa_r, sa_r, sa_k, B, ldb, K, C + r * ldc, ldc, nvec, accumulate);
-  for (; r < M; ++r) gemm_rows<1>(A + r * sa_r, sa_r, sa_k, B, ldb, K, C + r * ldc, ldc, nvec, accumulate);
+    gemm_rows<Dot, MR>(A + r * sa_r, sa_r, sa_k, B, ldb, K, C + r * ldc, ldc, nvec, accumulate);
+  for (; r < M; ++r) gemm_rows<Dot, 1>(A + r * sa_r, sa_r, sa_k, B, ldb, K, C + r * ldc, ldc, nvec, accumulate);
 }
 
 // dst[0..n) = src[0], src[stride], ... as f32, then zeros up to `padded`.
@@ -274,6 +290,28 @@ void store_keys(Work& w, std::int64_t j0, std::int64_t cols) {
   }
 }
 
+// The f32 path: every operand converted to f32, every product on FMAs.
+struct F32Path {
+  static void keys(Work& w, std::int64_t j0, std::int64_t cols) { pack_keys(w, j0, cols); }
+  // One block pair: rows [i0, i0 + rows) of head h against the packed key block; dq points at the
+  // block's first row of head h in the item's dQ partial slot, ldq floats apart.
+  static void pair(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, std::int64_t j0,
+                   std::int64_t cols, float* dq, std::int64_t ldq) {
+    pack_queries(w, h, i0, rows);
+    gemm(rows, KV, w.D, w.Q, w.DP, 1, w.Kt, BK, w.S, BK, false);     // S = Q·Kᵀ
+    gemm(rows, KV, w.Dv, w.dO, w.DvP, 1, w.Vt, BK, w.dP, BK, false);  // dP = dO·Vᵀ
+    softmax_grad(w, h, i0, rows, j0, cols);
+    gemm(cols, w.DvP / N, rows, w.S, 1, BK, w.dO, w.DvP, w.dV, w.DvP, true);  // dV += Pdᵀ·dO
+    gemm(cols, w.DP / N, rows, w.dP, 1, BK, w.Q, w.DP, w.dK, w.DP, true);    // dK += dSᵀ·Q
+    gemm(rows, w.DP / N, cols, w.dP, BK, 1, w.Kr, w.DP, dq, ldq, true);     // dQ_c += dS·K
+  }
+};
+
+#if defined(__AVX512BF16__)
+#include "kernels/bwd/flash_bwd_bf16dot.h"
+#endif
+
+template <class Path>
 void run_item(const BackwardParams& bp, const BwdItem& item, float* scratch) {
   Work w(bp, item, scratch);
   const AttentionParams& p = w.p;
@@ -285,7 +323,7 @@ void run_item(const BackwardParams& bp, const BwdItem& item, float* scratch) {
                 std::size_t(w.group * bp.dp) * sizeof(float));
   for (std::int64_t kb = item.kb_begin; kb < item.kb_end; ++kb) {
     const std::int64_t j0 = kb * BK, cols = w.s.len_k - j0 < BK ? w.s.len_k - j0 : BK;
-    pack_keys(w, j0, cols);
+    Path::keys(w, j0, cols);
     std::memset(w.dK, 0, std::size_t(BK * w.DP) * sizeof(float));
     std::memset(w.dV, 0, std::size_t(BK * w.DvP) * sizeof(float));
     // Query rows that see any key of the block: [qlo, qhi).
@@ -296,14 +334,7 @@ void run_item(const BackwardParams& bp, const BwdItem& item, float* scratch) {
     for (std::int64_t h = item.kvh * w.group; h < (item.kvh + 1) * w.group; ++h) {
       for (std::int64_t i0 = qlo; i0 < qhi; i0 += BQ) {
         const std::int64_t rows = qhi - i0 < BQ ? qhi - i0 : BQ;
-        pack_queries(w, h, i0, rows);
-        gemm(rows, KV, w.D, w.Q, w.DP, 1, w.Kt, BK, w.S, BK, false);     // S = Q·Kᵀ
-        gemm(rows, KV, w.Dv, w.dO, w.DvP, 1, w.Vt, BK, w.dP, BK, false);  // dP = dO·Vᵀ
-        softmax_grad(w, h, i0, rows, j0, cols);
-        gemm(cols, w.DvP / N, rows, w.S, 1, BK, w.dO, w.DvP, w.dV, w.DvP, true);  // dV += Pdᵀ·dO
-        gemm(cols, w.DP / N, rows, w.dP, 1, BK, w.Q, w.DP, w.dK, w.DP, true);    // dK += dSᵀ·Q
-        gemm(rows, w.DP / N, cols, w.dP, BK, 1, w.Kr, w.DP, acc + i0 * acc_row + h * bp.dp, acc_row,
-             true);  // dQ_c += dS·K
+        Path::pair(w, h, i0, rows, j0, cols, acc + i0 * acc_row + h * bp.dp, acc_row);
       }
     }
     store_keys(w, j0, cols);
@@ -312,7 +343,12 @@ void run_item(const BackwardParams& bp, const BwdItem& item, float* scratch) {
 
 }  // namespace
 
-void flash_bwd(const BackwardParams& p, const BwdItem& item, float* scratch) { run_item(p, item, scratch); }
+void flash_bwd(const BackwardParams& p, const BwdItem& item, float* scratch) {
+#if defined(__AVX512BF16__)
+  if (p.a.in_dtype == DType::bf16 && p.dout_dtype == DType::bf16) return run_item<Bf16Path>(p, item, scratch);
+#endif
+  run_item<F32Path>(p, item, scratch);
+}
 
 // delta of sequence b, head h: Σ_d dO·O with the same multiply-adds, in the same order, as the
 // dP = dO·Vᵀ micro-kernel. A row that sees one key (O = v) then gets dP − delta = 0 exactly, as the
