@@ -253,6 +253,14 @@ TEST(Cli, CheckPassesAndReportsCounts) {
   EXPECT_NE(r.output.find(" passed, 0 failed"), std::string::npos) << r.output;
 }
 
+TEST(Cli, CheckBackwardCoversGradientsAndDropout) {
+  const Result r = run_cli("--threads 2 check --backward --count 8 --seed 3");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("dq err / naive"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("dropout=0.17"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find(" passed, 0 failed"), std::string::npos) << r.output;
+}
+
 TEST(Cli, LayerDemosPrintTablesAndJson) {
   TempDir dir;
   Result r = run_cli(

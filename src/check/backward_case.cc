@@ -26,9 +26,9 @@ struct GradViews {
   }
 };
 
-DType grad_dtype(const Case& c) { return c.out_f32 ? DType::f32 : c.dtype; }
-
 }  // namespace
+
+DType grad_dtype(const Case& c) { return c.out_f32 ? DType::f32 : c.dtype; }
 
 BackwardBaseline compute_backward_baseline(const Case& c, const CaseData& data) {
   BackwardBaseline base;

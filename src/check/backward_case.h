@@ -18,6 +18,9 @@ struct BackwardBaseline {
 };
 BackwardBaseline compute_backward_baseline(const Case& c, const CaseData& data);
 
+// The gradients' dtype of a case: f32 when its out is f32, else the input dtype.
+DType grad_dtype(const Case& c);
+
 struct GradAccuracy {
   std::array<double, 3> max_err{}, naive_err{}, floor{};
   bool finite = true;

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <vector>
 
+#include "check/backward_case.h"
 #include "io/file.h"
 #include "mha/errors.h"
 
@@ -46,6 +47,29 @@ int run_accuracy(const std::vector<check::Case>& cases, const std::vector<Isa>& 
       const check::Accuracy a = check::evaluate(c, data, base, isa);
       (a.pass ? passed : failed) += 1;
       table.add(accuracy_row(std::to_string(i), c, isa, a));
+    }
+  }
+  table.print();
+  fmt::print("\n{} passed, {} failed\n", passed, failed);
+  return failed;
+}
+
+int run_backward_accuracy(const std::vector<check::Case>& cases, const std::vector<Isa>& isas) {
+  Table table({"#", "shape", "options", "isa", "dq err / naive", "dk err / naive", "dv err / naive", "result"});
+  const auto ratio = [](const check::GradAccuracy& a, std::size_t i) {
+    return fmt::format("{:.2e} / {:.2e}", a.max_err[i], a.naive_err[i]);
+  };
+  int passed = 0, failed = 0;
+  for (std::size_t i = 0; i < cases.size(); ++i) {
+    const check::Case& c = cases[i];
+    const check::CaseData data(c);
+    const check::BackwardBaseline base = check::compute_backward_baseline(c, data);
+    for (Isa isa : isas) {
+      const check::GradAccuracy a =
+          check::measure_backward(base, check::run_backward(c, data, base, isa), check::grad_dtype(c));
+      (a.pass ? passed : failed) += 1;
+      table.add({std::to_string(i), c.shape_string(), c.options_string(), std::string(to_string(isa)), ratio(a, 0),
+                 ratio(a, 1), ratio(a, 2), a.pass ? "pass" : "FAIL"});
     }
   }
   table.print();

@@ -16,6 +16,9 @@ namespace mha::cli {
 // Runs every case on every ISA against the float64 oracle, prints the accuracy table and
 // "N passed, M failed"; returns M.
 int run_accuracy(const std::vector<check::Case>& cases, const std::vector<Isa>& isas);
+// The same for the backward: dq, dk, dv against the float64 oracle's gradients, with
+// FlashAttention's bar for gradients (3 × naive + floor); returns the failures.
+int run_backward_accuracy(const std::vector<check::Case>& cases, const std::vector<Isa>& isas);
 
 // A benchmark shape: random data of the case, timed through mha::attention (and the naive path
 // when with_naive).
