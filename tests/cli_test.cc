@@ -1,14 +1,17 @@
 // The `mha` binary end to end: attend over .npy files against the float64 oracle (same bar as the
 // sweep), varlen, layouts, dtypes, error exits, check and version.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <vector>
 
+#include "check/backward_case.h"
 #include "check/case.h"
 #include "mha/layers.h"
 #include "mha/npy.h"
@@ -50,21 +53,28 @@ void save_input(const std::string& path, const Tensor& t, const std::vector<std:
   save_npy(path, dt, file_shape, data);
 }
 
-// Writes the case's inputs, runs `mha attend`, and measures its output against the oracle.
-check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
-  TempDir dir;
-  c.out_f32 = c.dtype != DType::f16;  // the CLI writes f16 for f16 inputs, f32 otherwise
-  const check::CaseData data(c);
-  const check::Baseline base = check::compute_baseline(c, data);
-  auto file_shape = [&](const Tensor& t) {
-    std::vector<std::int64_t> s(t.shape.begin(), t.shape.end());
-    if (c.bhsd) std::swap(s[1], s[2]);
-    if (c.varlen()) s.erase(s.begin());  // [total, H, D]
-    return s;
-  };
-  save_input(dir.file("q.npy"), data.tq, file_shape(data.tq));
-  save_input(dir.file("k.npy"), data.tk, file_shape(data.tk));
-  save_input(dir.file("v.npy"), data.tv, file_shape(data.tv));
+// The file shape of a case's [B, S, H, D] view: in its layout, [total, H, D] for varlen.
+std::vector<std::int64_t> case_file_shape(const check::Case& c, const Tensor& t) {
+  std::vector<std::int64_t> s(t.shape.begin(), t.shape.begin() + 4);
+  if (c.bhsd) std::swap(s[1], s[2]);
+  if (c.varlen()) s.erase(s.begin());
+  return s;
+}
+
+// A file read back as the case's logical [B, S, H, D] view.
+Tensor case_view(const check::Case& c, NpyArray& a) {
+  const std::vector<std::int64_t>& s = a.shape;
+  if (c.varlen()) return Tensor::bshd(a.bytes.data(), a.dtype, 1, s[0], s[1], s[2]);
+  if (c.bhsd) return Tensor::bhsd(a.bytes.data(), a.dtype, s[0], s[2], s[1], s[3]);
+  return a.view();
+}
+
+// Writes the case's inputs into dir and returns the `mha attend` arguments for them and its
+// options, writing out to o.npy and lse to lse.npy.
+std::string attend_args(const check::Case& c, const check::CaseData& data, const TempDir& dir) {
+  save_input(dir.file("q.npy"), data.tq, case_file_shape(c, data.tq));
+  save_input(dir.file("k.npy"), data.tk, case_file_shape(c, data.tk));
+  save_input(dir.file("v.npy"), data.tv, case_file_shape(c, data.tv));
   std::string args = "attend --q " + dir.file("q.npy") + " --k " + dir.file("k.npy") + " --v " +
                      dir.file("v.npy") + " --out " + dir.file("o.npy") + " --lse " + dir.file("lse.npy") +
                      " --dtype " + std::string(to_string(c.dtype)) + (c.bhsd ? " --layout bhsd" : "") +
@@ -72,6 +82,9 @@ check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
   if (c.window_left >= 0 || c.window_right >= 0)
     args += " --window " + std::to_string(c.window_left) + " " + std::to_string(c.window_right);
   if (c.scale) args += " --scale " + std::to_string(*c.scale);
+  if (c.dropout_p > 0)
+    args += fmt::format(" --dropout {} --seed {} --offset {}", c.dropout_p, data.options.dropout_seed,
+                        data.options.dropout_offset);
   if (data.options.mask) {
     const Tensor& m = *data.options.mask;
     save_input(dir.file("m.npy"), m, std::vector<std::int64_t>(m.shape.begin(), m.shape.begin() + m.rank));
@@ -86,18 +99,90 @@ check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
     return s;
   };
   if (c.varlen()) args += " --cu-seqlens-q " + join(data.cu_q) + " --cu-seqlens-k " + join(data.cu_k);
-  const Result r = run_cli(args + " " + extra);
+  return args;
+}
+
+// Writes the case's inputs, runs `mha attend`, and measures its output against the oracle.
+check::Accuracy attend_case(check::Case c, const std::string& extra = "") {
+  TempDir dir;
+  c.out_f32 = c.dtype != DType::f16;  // the CLI writes f16 for f16 inputs, f32 otherwise
+  const check::CaseData data(c);
+  const check::Baseline base = check::compute_baseline(c, data);
+  const Result r = run_cli(attend_args(c, data, dir) + " " + extra);
   EXPECT_EQ(r.status, 0) << r.output;
   NpyArray out = load_npy(dir.file("o.npy"));
   NpyArray lse = load_npy(dir.file("lse.npy"));
-  Tensor tout = out.view();
-  if (c.varlen()) {  // [total, H, Dv] -> [1, total, H, Dv]
-    tout = Tensor::bshd(out.bytes.data(), out.dtype, 1, out.shape[0], out.shape[1], out.shape[2]);
-  } else if (c.bhsd) {
-    tout = Tensor::bhsd(out.bytes.data(), out.dtype, out.shape[0], out.shape[2], out.shape[1], out.shape[3]);
-  }
+  const Tensor tout = case_view(c, out);
   const Tensor tlse = lse.view();
   return check::measure(base, tout, &tlse);
+}
+
+// The same with --dout: dq, dk, dv against the oracle's gradients (3 × naive + floor).
+check::GradAccuracy attend_backward_case(check::Case c) {
+  TempDir dir;
+  c.out_f32 = c.dtype != DType::f16;
+  const check::CaseData data(c);
+  const check::BackwardBaseline base = check::compute_backward_baseline(c, data);
+  save_input(dir.file("do.npy"), base.dout, case_file_shape(c, base.dout));
+  const Result r = run_cli(attend_args(c, data, dir) + " --dout " + dir.file("do.npy") + " --dq " +
+                           dir.file("dq.npy") + " --dk " + dir.file("dk.npy") + " --dv " + dir.file("dv.npy"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  check::GradRun run;
+  const char* names[] = {"dq.npy", "dk.npy", "dv.npy"};
+  for (std::size_t i = 0; i < 3; ++i) {
+    NpyArray g = load_npy(dir.file(names[i]));
+    run.grads[i] = check::to_double(case_view(c, g));
+  }
+  return check::measure_backward(base, run, check::grad_dtype(c));
+}
+
+TEST(Cli, AttendBackwardMatchesTheOracle) {
+  using check::Case;
+  using check::MaskKind;
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    const Case cases[] = {
+        {.b = 2, .nq = 70, .nk = 90, .hq = 4, .hkv = 2, .d = 64, .dv = 40, .dtype = dt, .causal = true},
+        {.b = 1, .nq = 50, .nk = 50, .hq = 2, .hkv = 2, .d = 16, .dtype = dt, .mask = MaskKind::bias,
+         .bhsd = true, .dropout_p = 0.2f},
+        {.hq = 2, .hkv = 1, .d = 32, .dtype = dt, .seqlens_q = {10, 1, 70}, .seqlens_k = {10, 30, 90},
+         .dropout_p = 0.1f},
+    };
+    for (const Case& c : cases) {
+      const check::GradAccuracy a = attend_backward_case(c);
+      EXPECT_TRUE(a.pass) << c.shape_string() << " " << c.options_string() << " dq " << a.max_err[0] << " / "
+                          << a.naive_err[0] << " dk " << a.max_err[1] << " / " << a.naive_err[1] << " dv "
+                          << a.max_err[2] << " / " << a.naive_err[2];
+    }
+  }
+}
+
+TEST(Cli, AttendBackwardRefusesBadArguments) {
+  TempDir dir;
+  const check::Case c{.b = 1, .nq = 5, .nk = 6, .hq = 2, .hkv = 1, .d = 8};
+  const check::CaseData data(c);
+  const std::string args = attend_args(c, data, dir);
+  save_input(dir.file("do.npy"), data.tq, case_file_shape(c, data.tq));  // right shape (D = Dv)
+  save_input(dir.file("bad.npy"), data.tk, case_file_shape(c, data.tk));  // k's shape, not out's
+  const std::string grads = " --dq " + dir.file("dq.npy") + " --dk " + dir.file("dk.npy") + " --dv ";
+  Result r = run_cli(args + " --dout " + dir.file("do.npy") + " --dq " + dir.file("dq.npy"));
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("requires --dk"), std::string::npos) << r.output;
+  r = run_cli(args + " --dout " + dir.file("do.npy") + grads + dir.file("dq.npy"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("are the same file"), std::string::npos) << r.output;
+  r = run_cli(args + " --dout " + dir.file("bad.npy") + grads + dir.file("dv.npy"));
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("dout.shape"), std::string::npos) << r.output;
+  r = run_cli(args + " --dout " + dir.file("do.npy") + grads + dir.file("dv.npy") + " --dropout 1");
+  EXPECT_EQ(r.status, 2);
+  EXPECT_NE(r.output.find("dropout_p = 1"), std::string::npos) << r.output;
+  // Nothing was written by the failed calls.
+  for (const char* f : {"o.npy", "lse.npy", "dq.npy", "dk.npy", "dv.npy"})
+    EXPECT_FALSE(std::filesystem::exists(dir.file(f))) << f;
+  r = run_cli(args + " --dout " + dir.file("do.npy") + grads + dir.file("dv.npy"));
+  EXPECT_EQ(r.status, 0) << r.output;
+  for (const char* f : {"o.npy", "lse.npy", "dq.npy", "dk.npy", "dv.npy"})
+    EXPECT_TRUE(std::filesystem::exists(dir.file(f))) << f;
 }
 
 TEST(Cli, Version) {
