@@ -17,6 +17,8 @@ namespace {
 // both threads work on BERT-size projections.
 constexpr std::int64_t kTileRows = 256;
 constexpr std::int64_t kTileCols = 1024;
+// Up to this many rows, a product runs as matrix-vector products.
+constexpr std::int64_t kGemvRows = 2;
 
 // OpenBLAS's own threads would race mha's pool for the cores and make results depend on the
 // thread count; mha gives each tile to exactly one thread instead.
@@ -34,6 +36,21 @@ void gemm_serial(std::int64_t m, std::int64_t n, std::int64_t k, float alpha, Ma
   if (k == 0) {  // BLAS leaves c untouched for k = 0 only when beta = 1
     for (std::int64_t i = 0; i < m; ++i)
       for (std::int64_t j = 0; j < n; ++j) c[i * ldc + j] = beta == 0 ? 0.f : beta * c[i * ldc + j];
+    return;
+  }
+  if (m <= kGemvRows) {
+    // A row or two (a decode step's projections): one matrix-vector product per row reads b once
+    // from memory, where sgemm would first pack all of b (three passes over the weights).
+    for (std::int64_t i = 0; i < m; ++i) {
+      const float* x = a.transposed ? a.data + i : a.data + i * a.ld;
+      const int incx = a.transposed ? int(a.ld) : 1;
+      if (b.transposed)  // b stored [n, k]: c_i = b_stored · x
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, int(n), int(k), alpha, b.data, int(b.ld), x, incx, beta,
+                    c + i * ldc, 1);
+      else  // b stored [k, n]: c_i = b_storedᵀ · x
+        cblas_sgemv(CblasRowMajor, CblasTrans, int(k), int(n), alpha, b.data, int(b.ld), x, incx, beta,
+                    c + i * ldc, 1);
+    }
     return;
   }
   cblas_sgemm(CblasRowMajor, a.transposed ? CblasTrans : CblasNoTrans,

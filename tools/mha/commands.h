@@ -15,6 +15,8 @@ void add_bench_decode(CLI::App& bench);
 void add_check(CLI::App& app);
 void add_demo(CLI::App& app);
 void add_embed(CLI::App& app);
+// `mha dist demo` (built with libmha_dist, MHA_HAVE_DIST).
+void add_dist(CLI::App& app);
 // `mha demo self-attention` and `mha demo bert`, under the demo subcommand.
 void add_demo_layers(CLI::App& demo);
 // `mha demo serve`, under the demo subcommand.

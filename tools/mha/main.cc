@@ -36,6 +36,9 @@ int main(int argc, char** argv) {
     mha::cli::add_check(app);
     mha::cli::add_demo(app);
     mha::cli::add_embed(app);
+#if defined(MHA_HAVE_DIST)
+    mha::cli::add_dist(app);
+#endif
     mha::cli::require_exact_integers(app);
     try {
       app.parse(argc, argv);
