@@ -188,6 +188,11 @@ void run(const DistArgs& a) {
     j["bert"] = run_layer(comm, a);
     j["decode"] = run_decode(comm, a);
     if (comm.rank() == 0 && !a.json.empty()) write_json_file(a.json, j.dump(2));
+    // The sharded results must be the single-process ones up to rounding (rank 0 compared them).
+    if (comm.rank() == 0 && (j["bert"]["pcc"].get<double>() < 0.99999 || j["decode"]["pcc"].get<double>() < 0.99999)) {
+      fmt::print("\nFAIL: PCC against one process below 0.99999\n");
+      throw Failed{};
+    }
   } catch (const dist::CommError& e) {
     // The other ranks may be gone or stuck: end the job rather than wait in MPI_Finalize.
     std::fprintf(stderr, "mha: error: %s\n", e.what());
