@@ -110,7 +110,7 @@ TEST(Communicator, AllReduceSumsInRankOrderWithTheSameBitsOnEveryRank) {
       for (std::size_t i = 0; i < want.size(); ++i) want[i] += p[i];
     }
     ASSERT_EQ(data.size(), want.size());
-    EXPECT_EQ(std::memcmp(data.data(), want.data(), data.size() * sizeof(float)), 0) << "n = " << n;
+    EXPECT_TRUE(n == 0 || std::memcmp(data.data(), want.data(), data.size() * sizeof(float)) == 0) << "n = " << n;
     const std::vector<std::uint64_t> hashes = comm.allgather(bits_hash(data));
     for (std::uint64_t h : hashes) EXPECT_EQ(h, hashes[0]);
   }
