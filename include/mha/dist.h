@@ -163,7 +163,7 @@ class TensorParallelDecoder {
  private:
   struct Op;
   void agree(const Op& op);
-  // qkv [rows, (nq + 2·nkv)·Dh] = x·W_qkvᵀ + b, RoPE at `positions` (one per row group of `per`).
+  // qkv_ [rows, (nq + 2·nkv)·Dh] = x·W_qkvᵀ + b for the rank's heads; sizes ctx_ [rows, nq·Dh].
   void project(const float* x, std::int64_t rows);
   // out = Σ_ranks ctx·W_outᵀ + b_out, ctx [rows, nq·Dh].
   void output(std::int64_t rows, float* out);
