@@ -41,11 +41,11 @@ inline void qk_block_bf16(const std::uint32_t* __restrict Qp, std::int64_t Dp,
     for (int v = 0; v < NV; ++v) _mm512_storeu_ps(S + k * BQ + (iv0 + v) * N, acc[k][v]);
 }
 
-// O rows r0..r0+NR, vectors c0..c0+NC: alpha·O + Σ over key pairs.
+// O rows r0..r0+NR, vectors c0..c0+NC: alpha·O + Σ over key pairs [jp0, jp1).
 template <int NR, int NC>
 inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_t* __restrict Vp,
-                          std::int64_t ldv, std::int64_t pairs, float* __restrict O, std::int64_t ldo,
-                          const float* alpha, std::int64_t r0, std::int64_t c0) {
+                          std::int64_t ldv, std::int64_t jp0, std::int64_t jp1, float* __restrict O,
+                          std::int64_t ldo, const float* alpha, std::int64_t r0, std::int64_t c0) {
   __m512 acc[NR][NC];
 #pragma GCC unroll 8
   for (int r = 0; r < NR; ++r) {
@@ -54,7 +54,7 @@ inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_
     for (int c = 0; c < NC; ++c)
       acc[r][c] = _mm512_mul_ps(_mm512_loadu_ps(O + (r0 + r) * ldo + (c0 + c) * N), a);
   }
-  for (std::int64_t jp = 0; jp < pairs; ++jp) {
+  for (std::int64_t jp = jp0; jp < jp1; ++jp) {
     __m512i vv[NC];
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) vv[c] = _mm512_loadu_si512(Vp + jp * ldv + (c0 + c) * N);
@@ -71,16 +71,17 @@ inline void pv_block_bf16(const std::uint32_t* __restrict Pp, const std::uint32_
     for (int c = 0; c < NC; ++c) _mm512_storeu_ps(O + (r0 + r) * ldo + (c0 + c) * N, acc[r][c]);
 }
 
+// pv_block_bf16 over all `nvec` vectors of rows [r0, r0 + NR), for the key pairs one of them sees.
 template <int NR>
-inline void pv_rows_bf16(const std::uint32_t* Pp, const std::uint32_t* Vp, std::int64_t ldv,
-                         std::int64_t pairs, float* O, std::int64_t ldo, const float* alpha, std::int64_t r0,
-                         std::int64_t nvec) {
+inline void pv_rows_bf16(const std::uint32_t* Pp, const std::uint32_t* Vp, std::int64_t ldv, const RowKeys& rk,
+                         float* O, std::int64_t ldo, const float* alpha, std::int64_t r0, std::int64_t nvec) {
+  const std::int64_t jp0 = rk.jlo[r0] / 2, jp1 = (rk.jhi[r0 + NR - 1] + 1) / 2;
   std::int64_t c0 = 0;
-  for (; c0 + DB <= nvec; c0 += DB) pv_block_bf16<NR, DB>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0);
+  for (; c0 + DB <= nvec; c0 += DB) pv_block_bf16<NR, DB>(Pp, Vp, ldv, jp0, jp1, O, ldo, alpha, r0, c0);
   switch (nvec - c0) {
-    case 1: pv_block_bf16<NR, 1>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0); break;
-    case 2: pv_block_bf16<NR, 2>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0); break;
-    case 3: pv_block_bf16<NR, 3>(Pp, Vp, ldv, pairs, O, ldo, alpha, r0, c0); break;
+    case 1: pv_block_bf16<NR, 1>(Pp, Vp, ldv, jp0, jp1, O, ldo, alpha, r0, c0); break;
+    case 2: pv_block_bf16<NR, 2>(Pp, Vp, ldv, jp0, jp1, O, ldo, alpha, r0, c0); break;
+    case 3: pv_block_bf16<NR, 3>(Pp, Vp, ldv, jp0, jp1, O, ldo, alpha, r0, c0); break;
     default: break;
   }
 }
@@ -124,9 +125,12 @@ struct Bf16Dot {
         const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
         kr[k] = direct ? ktile + j * p.k_stride[1] : Kc + j * 2 * Dp;
       }
-      std::int64_t iv0 = 0;
-      for (; iv0 + IV <= it.qv_rows; iv0 += IV) qk_block_bf16<IV>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
-      for (; iv0 < it.qv_rows; ++iv0) qk_block_bf16<1>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
+      std::int64_t lo, hi;
+      it.row_vectors(kb + j0, kb + (j0 + KB < cols ? j0 + KB : cols) - 1, &lo, &hi);
+      it.zero_scores(j0, lo, hi);
+      std::int64_t iv0 = lo;
+      for (; iv0 + IV <= hi; iv0 += IV) qk_block_bf16<IV>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
+      for (; iv0 < hi; ++iv0) qk_block_bf16<1>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
     }
   }
 
@@ -162,9 +166,10 @@ struct Bf16Dot {
         _mm512_storeu_si512(Pp + jp * BQ + v * N, _mm512_or_si512(lo, hi));
       }
     }
+    RowKeys rk;
+    it.row_keys(kb, cols, rk);
     std::int64_t r0 = 0;
-    for (; r0 + RB <= it.rows; r0 += RB)
-      pv_rows_bf16<RB>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
-    for (; r0 < it.rows; ++r0) pv_rows_bf16<1>(Pp, Vp, it.DvP, pairs, it.O, it.DvP, it.alpha, r0, it.DvP / N);
+    for (; r0 + RB <= it.rows; r0 += RB) pv_rows_bf16<RB>(Pp, Vp, it.DvP, rk, it.O, it.DvP, it.alpha, r0, it.DvP / N);
+    for (; r0 < it.rows; ++r0) pv_rows_bf16<1>(Pp, Vp, it.DvP, rk, it.O, it.DvP, it.alpha, r0, it.DvP / N);
   }
 };
