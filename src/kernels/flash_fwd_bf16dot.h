@@ -120,6 +120,7 @@ struct Bf16Dot {
     }
     const auto* Qp = reinterpret_cast<const std::uint32_t*>(it.Qt);
     for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
+      it.prefetch_next(j0);
       const std::uint16_t* kr[KB];
       for (int k = 0; k < KB; ++k) {
         const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
