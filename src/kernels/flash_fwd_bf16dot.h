@@ -120,7 +120,7 @@ struct Bf16Dot {
     }
     const auto* Qp = reinterpret_cast<const std::uint32_t*>(it.Qt);
     for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
-      it.prefetch_next(j0);
+      it.prefetch_next(j0, KB);
       const std::uint16_t* kr[KB];
       for (int k = 0; k < KB; ++k) {
         const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
@@ -128,7 +128,7 @@ struct Bf16Dot {
       }
       std::int64_t lo, hi;
       it.row_vectors(kb + j0, kb + (j0 + KB < cols ? j0 + KB : cols) - 1, &lo, &hi);
-      it.zero_scores(j0, lo, hi);
+      it.zero_scores(j0, KB, lo, hi);
       std::int64_t iv0 = lo;
       for (; iv0 + IV <= hi; iv0 += IV) qk_block_bf16<IV>(Qp, Dp, kr, it.S + j0 * BQ, iv0);
       for (; iv0 < hi; ++iv0) qk_block_bf16<1>(Qp, Dp, kr, it.S + j0 * BQ, iv0);

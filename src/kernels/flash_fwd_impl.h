@@ -9,7 +9,10 @@
 //  - Qᵀ [D][64] is packed (and converted to f32) once per item;
 //  - K rows are read in place (f32 with unit stride) or converted once per tile: each Sᵀ register
 //    block broadcasts K[j][d] for KB keys and multiplies by IV vectors of Qᵀ[d] (KB·IV FMAs per
-//    IV + KB loads), so f32 keys are never packed or transposed;
+//    IV + KB loads), so f32 keys are never packed or transposed. What bounds it (perf annotate,
+//    Zen 4): the Qᵀ loads, which miss L1 (Qᵀ alone is 32 KB at D = 128) and are re-read once per
+//    key group; AVX-512 uses groups of KBW = 6 keys (24 accumulators, 29 zmm), so Qᵀ streams 11
+//    times per tile instead of 16 (4k tokens: ~2 % faster side by side);
 //  - the online softmax then runs down the key axis with N query rows per vector: row max, exp and
 //    sum are lane-wise across vectors, with no horizontal reductions, and the rescale factor
 //    alpha = exp(m_old - m_new) is one vector per N rows per tile;
@@ -56,7 +59,9 @@ constexpr int N = Vec::N;
 constexpr std::int64_t QV = BQ / N;  // query vectors per item
 #if defined(__AVX512F__)
 constexpr int KB = 4, IV = 4, RB = 4, DB = 4;  // register blocks: 21 of 32 zmm
+constexpr int KBW = 6;  // keys per score block where 6 fit (29 zmm): Qᵀ re-read 11 times per tile, not 16
 #else
+constexpr int KBW = 4;
 constexpr int KB = 4, IV = 2, RB = 4, DB = 2;  // register blocks: 11 of 16 ymm/xmm
 #endif
 static_assert(BQ % N == 0 && QV % IV == 0 && BK % KB == 0);
@@ -87,13 +92,13 @@ inline void to_f32(const void* src, DType dt, std::int64_t stride, std::int64_t 
   for (; i < n; ++i) dst[i] = load_f32(src, dt, i * stride);
 }
 
-// Sᵀ[j0 + k][iv0·N ...] for KB keys (rows krows[k]) and NV query vectors of Qᵀ.
-template <int NV>
+// Sᵀ[j0 + k][iv0·N ...] for NK keys (rows krows[k]) and NV query vectors of Qᵀ.
+template <int NK, int NV>
 inline void qk_block(const float* __restrict Qt, std::int64_t D, const float* const* krows,
                      float* __restrict S, std::int64_t iv0) {
-  Vec::T acc[KB][NV];  // every loop over acc is unrolled, so it lives in registers
+  Vec::T acc[NK][NV];  // every loop over acc is unrolled, so it lives in registers
 #pragma GCC unroll 8
-  for (int k = 0; k < KB; ++k)
+  for (int k = 0; k < NK; ++k)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) acc[k][v] = Vec::zero();
   const float* q = Qt + iv0 * N;
@@ -102,14 +107,14 @@ inline void qk_block(const float* __restrict Qt, std::int64_t D, const float* co
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) qv[v] = Vec::load(q + v * N);
 #pragma GCC unroll 8
-    for (int k = 0; k < KB; ++k) {
+    for (int k = 0; k < NK; ++k) {
       const Vec::T kb = Vec::bcast(krows[k] + d);
 #pragma GCC unroll 8
       for (int v = 0; v < NV; ++v) acc[k][v] = Vec::fmadd(kb, qv[v], acc[k][v]);
     }
   }
 #pragma GCC unroll 8
-  for (int k = 0; k < KB; ++k)
+  for (int k = 0; k < NK; ++k)
 #pragma GCC unroll 8
     for (int v = 0; v < NV; ++v) Vec::store(S + k * BQ + (iv0 + v) * N, acc[k][v]);
 }
@@ -236,18 +241,18 @@ struct Item {
       rk.jhi[r] = p.window_right < 0 ? cols : clamp(i + p.window_right + 1 - kb, rk.jlo[r], cols);
     }
   }
-  // Sᵀ rows j0 .. j0 + KB - 1 outside query vectors [lo, hi) see nothing: zeros (masked by the
+  // Sᵀ rows j0 .. j0 + nk - 1 outside query vectors [lo, hi) see nothing: zeros (masked by the
   // softmax), so it never reads stale scratch.
-  void zero_scores(std::int64_t j0, std::int64_t lo, std::int64_t hi) const {
-    for (int k = 0; k < KB; ++k)
+  void zero_scores(std::int64_t j0, int nk, std::int64_t lo, std::int64_t hi) const {
+    for (int k = 0; k < nk; ++k)
       for (std::int64_t v = 0; v < qv_rows; ++v)
         if (v < lo || v >= hi) Vec::store(S + (j0 + k) * BQ + v * N, Vec::zero());
   }
-  // Asks for rows [j, j + KB) of the next tile's K and V while this tile computes, so the next
+  // Asks for rows [j, j + nk) of the next tile's K and V while this tile computes, so the next
   // tile arrives in cache while the FMAs run instead of stalling on long-sequence streams.
-  void prefetch_next(std::int64_t j) const {
+  void prefetch_next(std::int64_t j, int nk) const {
     if (next_kb < 0 || j >= next_cols) return;
-    const std::int64_t n = j + KB < next_cols ? j + KB : next_cols;
+    const std::int64_t n = j + nk < next_cols ? j + nk : next_cols;
     for (std::int64_t r = j; r < n; ++r) {
       const char* kr = key_tile(next_kb) + esz * std::size_t(r * p.k_stride[1]);
       const char* vr = value_tile(next_kb) + esz * std::size_t(r * p.v_stride[1]);
@@ -294,20 +299,28 @@ struct Fp32Dot {
       for (std::int64_t j = 0; j < cols; ++j)
         to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D,
                it.Kc + j * it.D);
-    for (std::int64_t j0 = 0; j0 < cols; j0 += KB) {
-      it.prefetch_next(j0);
-      const float* kr[KB];
-      for (int k = 0; k < KB; ++k) {
-        const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
-        kr[k] = direct ? reinterpret_cast<const float*>(ktile) + j * p.k_stride[1] : it.Kc + j * it.D;
-      }
-      std::int64_t lo, hi;
-      it.row_vectors(kb + j0, kb + (j0 + KB < cols ? j0 + KB : cols) - 1, &lo, &hi);
-      it.zero_scores(j0, lo, hi);
-      std::int64_t iv0 = lo;
-      for (; iv0 + IV <= hi; iv0 += IV) qk_block<IV>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
-      for (; iv0 < hi; ++iv0) qk_block<1>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
+    // Groups of KBW keys while they fit in the tile's BK rows of Sᵀ, then of KB.
+    std::int64_t j0 = 0;
+    for (; j0 < cols && j0 + KBW <= BK; j0 += KBW) score_group<KBW>(it, ktile, direct, j0, kb, cols);
+    for (; j0 < cols; j0 += KB) score_group<KB>(it, ktile, direct, j0, kb, cols);
+  }
+
+  // Sᵀ rows [j0, j0 + NK) (past cols: the last key again, masked later).
+  template <int NK>
+  static void score_group(Item& it, const char* ktile, bool direct, std::int64_t j0, std::int64_t kb,
+                          std::int64_t cols) {
+    it.prefetch_next(j0, NK);
+    const float* kr[NK];
+    for (int k = 0; k < NK; ++k) {
+      const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
+      kr[k] = direct ? reinterpret_cast<const float*>(ktile) + j * it.p.k_stride[1] : it.Kc + j * it.D;
     }
+    std::int64_t lo, hi;
+    it.row_vectors(kb + j0, kb + (j0 + NK < cols ? j0 + NK : cols) - 1, &lo, &hi);
+    it.zero_scores(j0, NK, lo, hi);
+    std::int64_t iv0 = lo;
+    for (; iv0 + IV <= hi; iv0 += IV) qk_block<NK, IV>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
+    for (; iv0 < hi; ++iv0) qk_block<NK, 1>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
   }
 
   // O = alpha·O + P·V
