@@ -271,9 +271,33 @@ struct Item {
   float *Qt, *Kc, *Vc, *S, *Mt, *Pp, *O, *m, *l, *alpha;
   const char *qbase, *kbase, *vbase, *mbase;
   bool mask_per_row;
+  bool kdirect = false;  // this tile's keys are read in place (else converted into Kc)
   std::int64_t next_kb = -1, next_cols = 0;  // the tile after this one (-1: none)
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
 };
+
+// Sᵀ rows [j0, j0 + NK) of the tile through a dot policy's hooks (keys past cols: the last key
+// again, masked later); only the query vectors that see one of the keys are computed.
+template <class Dot, int NK>
+void score_group(Item& it, std::int64_t kb, std::int64_t cols, std::int64_t j0) {
+  it.prefetch_next(j0, NK);
+  typename Dot::KeyRow kr[NK];
+  for (int k = 0; k < NK; ++k) kr[k] = Dot::key_row(it, kb, j0 + k < cols ? j0 + k : cols - 1);
+  std::int64_t lo, hi;
+  it.row_vectors(kb + j0, kb + (j0 + NK < cols ? j0 + NK : cols) - 1, &lo, &hi);
+  it.zero_scores(j0, NK, lo, hi);
+  std::int64_t iv0 = lo;
+  for (; iv0 + IV <= hi; iv0 += IV) Dot::template block<NK, IV>(it, kr, j0, iv0);
+  for (; iv0 < hi; ++iv0) Dot::template block<NK, 1>(it, kr, j0, iv0);
+}
+
+// The tile's Sᵀ in groups of Dot::kWide keys while they fit in its BK rows, then of KB.
+template <class Dot>
+void score_tile(Item& it, std::int64_t kb, std::int64_t cols) {
+  std::int64_t j0 = 0;
+  for (; j0 < cols && j0 + Dot::kWide <= BK; j0 += Dot::kWide) score_group<Dot, Dot::kWide>(it, kb, cols, j0);
+  for (; j0 < cols; j0 += KB) score_group<Dot, KB>(it, kb, cols, j0);
+}
 
 // f32 multiply-adds: Qᵀ and any non-f32 K/V converted to f32.
 struct Fp32Dot {
@@ -299,28 +323,19 @@ struct Fp32Dot {
       for (std::int64_t j = 0; j < cols; ++j)
         to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D,
                it.Kc + j * it.D);
-    // Groups of KBW keys while they fit in the tile's BK rows of Sᵀ, then of KB.
-    std::int64_t j0 = 0;
-    for (; j0 < cols && j0 + KBW <= BK; j0 += KBW) score_group<KBW>(it, ktile, direct, j0, kb, cols);
-    for (; j0 < cols; j0 += KB) score_group<KB>(it, ktile, direct, j0, kb, cols);
+    it.kdirect = direct;
+    score_tile<Fp32Dot>(it, kb, cols);
   }
 
-  // Sᵀ rows [j0, j0 + NK) (past cols: the last key again, masked later).
-  template <int NK>
-  static void score_group(Item& it, const char* ktile, bool direct, std::int64_t j0, std::int64_t kb,
-                          std::int64_t cols) {
-    it.prefetch_next(j0, NK);
-    const float* kr[NK];
-    for (int k = 0; k < NK; ++k) {
-      const std::int64_t j = j0 + k < cols ? j0 + k : cols - 1;
-      kr[k] = direct ? reinterpret_cast<const float*>(ktile) + j * it.p.k_stride[1] : it.Kc + j * it.D;
-    }
-    std::int64_t lo, hi;
-    it.row_vectors(kb + j0, kb + (j0 + NK < cols ? j0 + NK : cols) - 1, &lo, &hi);
-    it.zero_scores(j0, NK, lo, hi);
-    std::int64_t iv0 = lo;
-    for (; iv0 + IV <= hi; iv0 += IV) qk_block<NK, IV>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
-    for (; iv0 < hi; ++iv0) qk_block<NK, 1>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
+  // The hooks score_tile calls: key row j of the tile, and one register block of Sᵀ.
+  static constexpr int kWide = KBW;
+  using KeyRow = const float*;
+  static KeyRow key_row(const Item& it, std::int64_t kb, std::int64_t j) {
+    return it.kdirect ? reinterpret_cast<const float*>(it.key_tile(kb)) + j * it.p.k_stride[1] : it.Kc + j * it.D;
+  }
+  template <int NK, int NV>
+  static void block(const Item& it, const KeyRow* kr, std::int64_t j0, std::int64_t iv0) {
+    qk_block<NK, NV>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
   }
 
   // O = alpha·O + P·V
