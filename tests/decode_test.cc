@@ -80,7 +80,7 @@ std::vector<float> run_decode(const DecodeSetup& s, Built& b) {
 // the dequantized values for int8), one sequence at a time: Nq queries at the end, causal.
 struct Expected {
   std::vector<float> forward;
-  std::vector<float> naive_bf16;  // bf16 caches: the naive path with q, k, v in bf16
+  std::vector<float> naive_bf16;  // bf16 and int8 caches: the naive path with q, k, v in bf16
   std::vector<double> oracle;
 };
 
@@ -103,9 +103,10 @@ Expected expected(const DecodeSetup& s, Built& b) {
                  vt = Tensor::bshd(v.data(), DType::f32, 1, L, hkv, d);
     attention(qt, kt, vt, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, d), {.causal = true});
     e.forward.insert(e.forward.end(), out.begin(), out.end());
-    if (s.config.dtype == CacheDType::bf16) {
+    if (s.config.dtype == CacheDType::bf16 || s.config.dtype == CacheDType::int8) {
       // A bf16 cache is bf16 attention: the AVX-512 BF16 kernel rounds q (and P) to bf16 as the
-      // naive bf16 path does, so that path is the yardstick of the same precision.
+      // naive bf16 path does, so that path is the yardstick of the same precision. So is an int8
+      // cache there (int8 is exact in bf16; q and P are rounded), on that ISA only.
       auto qb = to_bf16(b.q.data() + std::int64_t(i) * s.nq * s.hq * d, out.size());
       auto kb = to_bf16(k.data(), k.size()), vb = to_bf16(v.data(), v.size());
       reference::attention_naive(Tensor::bshd(qb.data(), DType::bf16, 1, s.nq, s.hq, d),
@@ -121,11 +122,13 @@ Expected expected(const DecodeSetup& s, Built& b) {
 }
 
 void expect_matches(const DecodeSetup& s, const std::vector<float>& got, const Expected& e,
-                    const std::string& what) {
+                    const std::string& what, Isa isa) {
   const auto a = check::compare(std::span<const float>(got), e.oracle);
   const auto f = check::compare(std::span<const float>(e.forward), e.oracle);
   double yardstick = f.max_err;
-  if (!e.naive_bf16.empty())
+  const bool bf16_yardstick =
+      s.config.dtype == CacheDType::bf16 || (s.config.dtype == CacheDType::int8 && isa == Isa::avx512bf16);
+  if (bf16_yardstick)
     yardstick = std::max(yardstick, check::compare(std::span<const float>(e.naive_bf16), e.oracle).max_err);
   EXPECT_LE(a.max_err, 2 * yardstick + 1e-6 * a.max_ref)
       << what << ": decode " << a.max_err << ", forward " << f.max_err << ", same-precision naive "
@@ -164,7 +167,7 @@ TEST_P(DecodeTest, MatchesTheForwardKernelOnEveryLayoutDtypeAndIsa) {
         check::ScopedIsa scoped(isa);
         const std::vector<float> out = run_decode(s, b);
         const std::string what = fmt::format("{} block {} isa {}", to_string(dt), block, to_string(isa));
-        expect_matches(s, out, e, what);
+        expect_matches(s, out, e, what, isa);
         if (isa != active_isa()) continue;
       }
       // Paged equals contiguous, bit for bit (on the default ISA).

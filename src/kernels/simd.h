@@ -9,6 +9,13 @@
 
 #include <cstdint>
 
+// GCC 12 reports its own AVX-512 intrinsics (unpack, extract) as reading an uninitialized "__Y"
+// when they inline into some kernels: a known false positive of the headers, not of this code.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include "runtime/dtype_convert.h"
 
 namespace mha::detail::MHA_KERNEL_NS {
