@@ -134,7 +134,6 @@ void expect_matches(const DecodeSetup& s, const std::vector<float>& got, const E
       << what << ": decode " << a.max_err << ", forward " << f.max_err << ", same-precision naive "
       << yardstick;
   EXPECT_GE(a.pcc, 0.99999) << what;
-  (void)s;
 }
 
 struct DecodeCase {

@@ -109,7 +109,7 @@ struct Bf16Dot {
     const AttentionParams& p = it.p;
     const auto* ktile = reinterpret_cast<const std::uint16_t*>(it.key_tile(kb));
     const std::int64_t Dp = (it.D + 1) / 2;
-    const bool direct = p.k_stride[3] == 1 && it.D % 2 == 0;
+    const bool direct = keys_in_place(it);
     auto* Kc = reinterpret_cast<std::uint16_t*>(it.Kc);  // [BK][2·Dp], zero padded
     if (!direct) {
       for (std::int64_t j = 0; j < cols; ++j) {
@@ -118,15 +118,17 @@ struct Bf16Dot {
         if (it.D % 2 != 0) Kc[j * 2 * Dp + it.D] = 0;
       }
     }
-    it.kdirect = direct;
     score_tile<Bf16Dot>(it, kb, cols);
   }
+
+  // Even-D keys with unit stride are read in place as pairs; others are copied into Kc, zero padded.
+  static bool keys_in_place(const Item& it) { return it.p.k_stride[3] == 1 && it.D % 2 == 0; }
 
   // Groups of 4 keys: Qᵀ pairs are 16 KB at D = 128 and stay in L1; 6-key groups measured no faster.
   static constexpr int kWide = KB;
   using KeyRow = const std::uint16_t*;
   static KeyRow key_row(const Item& it, std::int64_t kb, std::int64_t j) {
-    return it.kdirect ? reinterpret_cast<const std::uint16_t*>(it.key_tile(kb)) + j * it.p.k_stride[1]
+    return keys_in_place(it) ? reinterpret_cast<const std::uint16_t*>(it.key_tile(kb)) + j * it.p.k_stride[1]
                       : reinterpret_cast<const std::uint16_t*>(it.Kc) + j * 2 * ((it.D + 1) / 2);
   }
   template <int NK, int NV>

@@ -226,6 +226,7 @@ struct Item {
                               : static_cast<const char*>(p.mask) +
                                     msz * std::size_t(t.b * p.mask_stride[0] + t.h * p.mask_stride[1]);
     mask_per_row = mbase != nullptr && p.mask_stride[2] != 0;
+    keys = visible_keys(p, s, t.q_begin, t.q_end);
     k_row_bytes = p.k_stride[3] == 1 ? esz * std::size_t(D) : 0;
     v_row_bytes = p.v_stride[3] == 1 ? esz * std::size_t(Dv) : 0;
   }
@@ -252,10 +253,11 @@ struct Item {
       for (std::int64_t v = 0; v < qv_rows; ++v)
         if (v < lo || v >= hi) Vec::store(S + (j0 + k) * BQ + v * N, Vec::zero());
   }
-  // Asks for rows [j, j + nk) of the next tile's K and V while this tile computes, so the next
+  // Asks for rows [j, j + nk) of the tile after [kb, kb + BK) while this one computes, so the next
   // tile arrives in cache while the FMAs run instead of stalling on long-sequence streams.
-  void prefetch_next(std::int64_t j, int nk) const {
-    if (next_kb < 0 || j >= next_cols) return;
+  void prefetch_next(std::int64_t kb, std::int64_t j, int nk) const {
+    const std::int64_t next_kb = kb + BK, next_cols = keys.end - next_kb < BK ? keys.end - next_kb : BK;
+    if (j >= next_cols) return;  // also when there is no next tile (next_cols <= 0)
     const std::int64_t n = j + nk < next_cols ? j + nk : next_cols;
     for (std::int64_t r = j; r < n; ++r) {
       const char* kr = key_tile(next_kb) + esz * std::size_t(r * p.k_stride[1]);
@@ -275,8 +277,7 @@ struct Item {
   float *Qt, *Kc, *Vc, *S, *Mt, *Pp, *O, *m, *l, *alpha;
   const char *qbase, *kbase, *vbase, *mbase;
   bool mask_per_row;
-  bool kdirect = false;  // this tile's keys are read in place (else converted into Kc)
-  std::int64_t next_kb = -1, next_cols = 0;  // the tile after this one (-1: none)
+  KeyRange keys;  // the keys the item's rows see (causal, window)
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
 };
 
@@ -284,7 +285,7 @@ struct Item {
 // again, masked later); only the query vectors that see one of the keys are computed.
 template <class Dot, int NK>
 void score_group(Item& it, std::int64_t kb, std::int64_t cols, std::int64_t j0) {
-  it.prefetch_next(j0, NK);
+  it.prefetch_next(kb, j0, NK);
   typename Dot::KeyRow kr[NK];
   for (int k = 0; k < NK; ++k) kr[k] = Dot::key_row(it, kb, j0 + k < cols ? j0 + k : cols - 1);
   std::int64_t lo, hi;
@@ -322,20 +323,21 @@ struct Fp32Dot {
   static void scores(Item& it, std::int64_t kb, std::int64_t cols) {
     const AttentionParams& p = it.p;
     const char* ktile = it.key_tile(kb);
-    const bool direct = p.in_dtype == DType::f32 && p.k_stride[3] == 1;
-    if (!direct)
+    if (!keys_in_place(it))
       for (std::int64_t j = 0; j < cols; ++j)
         to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D,
                it.Kc + j * it.D);
-    it.kdirect = direct;
     score_tile<Fp32Dot>(it, kb, cols);
   }
+
+  // f32 keys with unit stride are dotted in place; others are converted into Kc per tile.
+  static bool keys_in_place(const Item& it) { return it.p.in_dtype == DType::f32 && it.p.k_stride[3] == 1; }
 
   // The hooks score_tile calls: key row j of the tile, and one register block of Sᵀ.
   static constexpr int kWide = KBW;
   using KeyRow = const float*;
   static KeyRow key_row(const Item& it, std::int64_t kb, std::int64_t j) {
-    return it.kdirect ? reinterpret_cast<const float*>(it.key_tile(kb)) + j * it.p.k_stride[1] : it.Kc + j * it.D;
+    return keys_in_place(it) ? reinterpret_cast<const float*>(it.key_tile(kb)) + j * it.p.k_stride[1] : it.Kc + j * it.D;
   }
   template <int NK, int NV>
   static void block(const Item& it, const KeyRow* kr, std::int64_t j0, std::int64_t iv0) {
@@ -532,11 +534,8 @@ bool run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
     it.m[r] = kNegInf;
     it.l[r] = 0.0f;
   }
-  const KeyRange keys = visible_keys(p, it.s, t.q_begin, t.q_end);
-  for (std::int64_t kb = keys.begin; kb < keys.end; kb += BK) {
-    const std::int64_t cols = keys.end - kb < BK ? keys.end - kb : BK;
-    it.next_kb = kb + BK < keys.end ? kb + BK : -1;
-    it.next_cols = keys.end - kb - BK < BK ? keys.end - kb - BK : BK;
+  for (std::int64_t kb = it.keys.begin; kb < it.keys.end; kb += BK) {
+    const std::int64_t cols = it.keys.end - kb < BK ? it.keys.end - kb : BK;
     Dot::scores(it, kb, cols);
     const bool mass = softmax_tile<kNormalized>(it, kb, cols);
     if (!kNormalized && !mass) continue;  // P = 0 and alpha leaves O as it is
