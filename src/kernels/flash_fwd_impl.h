@@ -370,6 +370,12 @@ struct Fp32Dot {
 
 // Online softmax over one tile, N query rows per vector, down the key axis: scale, mask, window,
 // new running max, P = exp(S - max) in place, running sum, and the rescale factor per row.
+// It runs in base 2: scores and masks are multiplied by log2(e) (folded into the scale), m holds
+// the running max in those units, and P = 2^(x - m), which needs no Cody-Waite split (simd.h).
+// Tiles that every row sees in full, without a mask, with a positive scale, never store scaled
+// scores: the row max of raw S times the scale is the max of the scaled scores (rounding is
+// monotone), and pass two scales again, rounded before m is subtracted: S·scale - m must be
+// exactly 0 at the max, or huge scores (1e19) would leave m's rounding error (1e12) in the exponent.
 // kNormalized keeps O normalized (see below); the fast path leaves it as Σ e·v.
 // Returns whether any row of the item got probability mass (or NaN) from the tile: when none did
 // (keys a padding or block mask hides, or whose exp underflows), P is all zero and the fast
@@ -377,20 +383,23 @@ struct Fp32Dot {
 template <bool kNormalized>
 bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   const AttentionParams& p = it.p;
-  const Vec::T scale = Vec::set1(p.scale);
+  constexpr float kLog2e = 1.44269504088896341f;
+  const Vec::T scale = Vec::set1(p.scale * kLog2e);
   const Vec::T neg_inf = Vec::set1(kNegInf);
   if (it.mask_per_row) {
     for (std::int64_t j = 0; j < cols; ++j) {
       float* mt = it.Mt + j * BQ;
       const char* mcol =
           it.mbase + it.msz * std::size_t((kb + j) * p.mask_stride[3] + it.t.q_begin * p.mask_stride[2]);
-      for (std::int64_t r = 0; r < it.rows; ++r) mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
+      for (std::int64_t r = 0; r < it.rows; ++r)
+        mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]) * kLog2e;
       for (std::int64_t r = it.rows; r < it.qv_rows * N; ++r) mt[r] = 0.0f;
     }
   }
   // Is every (row, key) of this tile inside the window? Then no per-element test is needed.
   const bool all_visible = (p.window_left < 0 || kb >= (it.t.q_end - 1) + it.off - p.window_left) &&
                            (p.window_right < 0 || kb + cols - 1 <= it.t.q_begin + it.off + p.window_right);
+  const bool raw = all_visible && it.mbase == nullptr && p.scale > 0.0f;
   const Vec::T zero = Vec::zero();
   Vec::T mass = zero;  // Σ over the item's real rows of the tile's sums: 0 iff every P is 0
   for (std::int64_t v = 0; v < it.qv_rows; ++v) {
@@ -401,26 +410,39 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     // row's sum below, so the row's l is NaN and store_rows writes NaN. A NaN or +inf reached
     // through the mask poisons l through max and exp.
     Vec::T bad = zero;
-    for (std::int64_t j = 0; j < cols; ++j) {
-      float* sp = it.S + j * BQ + v * N;
-      Vec::T x = Vec::mul(Vec::load(sp), scale);
-      std::int64_t lo = 0, hi = N - 1;  // lanes whose row sees key kb + j
-      if (all_visible) {
-        bad = Vec::fmadd(x, zero, bad);
-      } else {  // rows that see key kb + j: [key - off - right, key - off + left]
-        const std::int64_t key = kb + j;
-        lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
-        hi = p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
-        bad = Vec::add(bad, Vec::keep_lanes(Vec::mul(x, zero), int(lo), int(hi), zero));
+    if (raw) {
+      // NaN scores reach the sum through exp2; -inf ones (and overflows of S·scale) would give
+      // P = 0 silently, so the extremes are checked once per vector instead of x·0 per element.
+      Vec::T mn = Vec::set1(__builtin_inff());
+      for (std::int64_t j = 0; j < cols; ++j) {
+        const Vec::T x = Vec::load(it.S + j * BQ + v * N);
+        mx = Vec::max(mx, x);
+        mn = Vec::min(mn, x);
       }
-      if (it.mask_per_row) {
-        x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
-      } else if (it.mbase != nullptr) {
-        x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
+      mx = Vec::mul(mx, scale);
+      bad = Vec::add(Vec::mul(Vec::mul(mn, scale), zero), Vec::mul(mx, zero));
+    } else {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        float* sp = it.S + j * BQ + v * N;
+        Vec::T x = Vec::mul(Vec::load(sp), scale);
+        std::int64_t lo = 0, hi = N - 1;  // lanes whose row sees key kb + j
+        if (all_visible) {
+          bad = Vec::fmadd(x, zero, bad);
+        } else {  // rows that see key kb + j: [key - off - right, key - off + left]
+          const std::int64_t key = kb + j;
+          lo = p.window_right < 0 ? 0 : clamp(key - it.off - p.window_right - row0, 0, N);
+          hi = p.window_left < 0 ? N - 1 : clamp(key - it.off + p.window_left - row0, -1, N - 1);
+          bad = Vec::add(bad, Vec::keep_lanes(Vec::mul(x, zero), int(lo), int(hi), zero));
+        }
+        if (it.mask_per_row) {
+          x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
+        } else if (it.mbase != nullptr) {
+          x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3]) * kLog2e));
+        }
+        if (!all_visible) x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
+        Vec::store(sp, x);
+        mx = Vec::max(mx, x);
       }
-      if (!all_visible) x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
-      Vec::store(sp, x);
-      mx = Vec::max(mx, x);
     }
     const Vec::T m_old = Vec::load(it.m + v * N);
     const Vec::T m_new = Vec::max(m_old, mx);
@@ -428,13 +450,14 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     Vec::T sum = bad;
     for (std::int64_t j = 0; j < cols; ++j) {
       float* sp = it.S + j * BQ + v * N;
-      const Vec::T e = exp(Vec::sub(Vec::load(sp), m_safe));
+      const Vec::T x = Vec::load(sp);
+      const Vec::T e = exp2(Vec::sub(raw ? rounded(Vec::mul(x, scale)) : x, m_safe));
       Vec::store(sp, e);
       sum = Vec::add(sum, e);
     }
     // Lanes past the item's rows (zero queries) would always show mass.
     mass = Vec::add(mass, Vec::keep_lanes(sum, 0, int(it.rows - v * N < N ? it.rows - v * N : N) - 1, zero));
-    const Vec::T a = exp(Vec::sub(m_old, m_safe));
+    const Vec::T a = exp2(Vec::sub(m_old, m_safe));
     const Vec::T l_old = Vec::load(it.l + v * N);
     const Vec::T l_new = Vec::fmadd(l_old, a, sum);
     if constexpr (kNormalized) {
@@ -516,12 +539,15 @@ void store_rows(const Item& it) {
       for (std::int64_t d = 0; d < it.Dv; ++d)
         store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
     }
-    if (p.lse != nullptr)
+    if (p.lse != nullptr) {
+      // m is in base 2 (softmax_tile): lse = m·ln2 + ln l, in double so m's conversion adds no error.
+      const float l = it.l[r];
       p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] +
-            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] = it.l[r] > 0.0f
-                                                                        ? it.m[r] + __builtin_logf(it.l[r])
-                                                                    : it.l[r] == 0.0f ? kNegInf
-                                                                                      : __builtin_nanf("");
+            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
+          l > 0.0f    ? float(double(it.m[r]) * 0.693147180559945309 + __builtin_log(double(l)))
+          : l == 0.0f ? kNegInf
+                      : __builtin_nanf("");
+    }
   }
 }
 

@@ -220,33 +220,74 @@ struct Vec {
 
 #endif
 
+// x, rounded: the compiler may not fuse the operation that made x into the one that uses it
+// (GCC contracts a * b - c into an FMA when the intrinsics are plain vector operators).
+inline Vec::T rounded(Vec::T x) {
+  __asm__("" : "+v"(x));
+  return x;
+}
+
 // Which of 2N consecutive bf16 lands in lane i of load_bf16_pair's (a, b) (i < N: a, else b).
 constexpr int bf16_pair_index(int i) {
   const int j = i % Vec::N;
   return j / 4 * 8 + (i < Vec::N ? 0 : 4) + j % 4;
 }
 
-// exp(x) for x <= ~88: x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), exp(r) by
-// a degree-7 Taylor polynomial (truncation < 6e-9 relative), 2^n put in the exponent field. About
-// 2 ulp; exactly 0 below -87 (including -inf), where the true value is < 2^-125 and negligible
-// next to the row maximum's exp(0) = 1. NaN in, NaN out: x86 max returns its second operand when
-// either is NaN, so x goes second.
+// e^r (kE) or 2^r for |r| <= ln2/2 or 1/2: the degree-7 Taylor polynomial of e^(r·c), c = 1 or
+// ln2 (truncation < 6e-9 relative).
+template <bool kE>
+inline Vec::T exp_reduced(Vec::T r) {
+  constexpr double c = kE ? 1.0 : 0.693147180559945309;
+  Vec::T p = Vec::set1(float(c * c * c * c * c * c * c / 5040.0));
+  p = Vec::fmadd(p, r, Vec::set1(float(c * c * c * c * c * c / 720.0)));
+  p = Vec::fmadd(p, r, Vec::set1(float(c * c * c * c * c / 120.0)));
+  p = Vec::fmadd(p, r, Vec::set1(float(c * c * c * c / 24.0)));
+  p = Vec::fmadd(p, r, Vec::set1(float(c * c * c / 6.0)));
+  p = Vec::fmadd(p, r, Vec::set1(float(c * c / 2.0)));
+  p = Vec::fmadd(p, r, Vec::set1(float(c)));
+  return Vec::fmadd(p, r, Vec::set1(1.0f));
+}
+
+// exp(x): x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), e^r by exp_reduced,
+// then times 2^n. About 2 ulp. NaN in, NaN out: x86 max returns its second operand when either is
+// NaN, so x goes second. AVX-512 scales by 2^n with vscalefps, which handles the exponent's range
+// itself (results below 2^-126 are subnormal, -inf gives 0); the other ISAs build 2^n in the
+// exponent field and return exactly 0 below -87, where the true value is < 2^-125 and negligible
+// next to a row maximum's exp(0) = 1.
 inline Vec::T exp(Vec::T x) {
+#if defined(__AVX512F__)
+  const Vec::T xc = Vec::max(Vec::set1(-105.0f), x);  // e^-105 < 2^-151 rounds to 0
+  const Vec::T n = _mm512_roundscale_ps(Vec::mul(xc, Vec::set1(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
   const Vec::T lo = Vec::set1(-87.0f);
   const Vec::T xc = Vec::max(lo, x);
   const Vec::T shifter = Vec::set1(12582912.0f);  // 1.5·2^23: adding it rounds to an integer
   const Vec::T n = Vec::sub(Vec::fmadd(xc, Vec::set1(1.44269504088896341f), shifter), shifter);
+#endif
   Vec::T r = Vec::fnmadd(n, Vec::set1(0.693145751953125f), xc);
   r = Vec::fnmadd(n, Vec::set1(1.428606765330187045e-06f), r);
-  Vec::T p = Vec::set1(1.0f / 5040.0f);
-  p = Vec::fmadd(p, r, Vec::set1(1.0f / 720.0f));
-  p = Vec::fmadd(p, r, Vec::set1(1.0f / 120.0f));
-  p = Vec::fmadd(p, r, Vec::set1(1.0f / 24.0f));
-  p = Vec::fmadd(p, r, Vec::set1(1.0f / 6.0f));
-  p = Vec::fmadd(p, r, Vec::set1(0.5f));
-  p = Vec::fmadd(p, r, Vec::set1(1.0f));
-  p = Vec::fmadd(p, r, Vec::set1(1.0f));
-  return Vec::zero_if_less(x, lo, Vec::mul(p, Vec::two_pow(n)));
+#if defined(__AVX512F__)
+  return _mm512_scalef_ps(exp_reduced<true>(r), n);
+#else
+  return Vec::zero_if_less(x, lo, Vec::mul(exp_reduced<true>(r), Vec::two_pow(n)));
+#endif
+}
+
+// 2^t, for the softmax in base 2 (its scale folded into log2(e)): t = n + f with n the nearest
+// integer, so f = t - n is exact and no Cody-Waite split is needed. Same range handling as exp.
+inline Vec::T exp2(Vec::T t) {
+#if defined(__AVX512F__)
+  const Vec::T tc = Vec::max(Vec::set1(-151.0f), t);  // 2^-151 and below round to 0
+  const Vec::T n = _mm512_roundscale_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(exp_reduced<false>(Vec::sub(tc, n)), n);
+#else
+  const Vec::T lo = Vec::set1(-126.0f);
+  const Vec::T tc = Vec::max(lo, t);
+  const Vec::T shifter = Vec::set1(12582912.0f);
+  const Vec::T n = Vec::sub(Vec::add(tc, shifter), shifter);
+  return Vec::zero_if_less(t, lo, Vec::mul(exp_reduced<false>(Vec::sub(tc, n)), Vec::two_pow(n)));
+#endif
 }
 
 }  // namespace
