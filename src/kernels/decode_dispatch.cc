@@ -81,11 +81,10 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
       for (std::int64_t c = i0; c < i1; ++c) {
         const float* pr = partial(c);
         weight[std::size_t(c - i0)] =
-            pr[1] > 0 ? pr[1] * std::exp2(pr[0] - M) : 0.f;  // a chunk with no visible key adds 0
+            pr[1] > 0 ? pr[1] * std::exp(pr[0] - M) : 0.f;  // a chunk with no visible key adds 0
         Lsum += weight[std::size_t(c - i0)];
       }
-      // Each chunk's O is normalized: the row is their convex combination, weights l_c·2^(m_c−M)/L
-      // (the kernel's m is in base 2).
+      // Each chunk's O is normalized: the row is their convex combination, weights l_c·e^(m_c−M)/L.
       float acc[kMaxHeadDim] = {};
       const float inv = Lsum > 0 ? 1.f / Lsum : 0.f;
       for (std::int64_t c = i0; c < i1; ++c) {
@@ -100,7 +99,7 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
       if (lse != nullptr)
         lse[b * lse_stride[0] + h * lse_stride[1] + i * lse_stride[2]] =
             poisoned   ? nan
-            : Lsum > 0 ? float(double(M) * 0.693147180559945309 + std::log(double(Lsum)))
+            : Lsum > 0 ? M + std::log(Lsum)
                        : -std::numeric_limits<float>::infinity();
     }
   });

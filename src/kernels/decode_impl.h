@@ -337,13 +337,10 @@ void for_row_blocks(std::int64_t R, F&& f) {
 }
 
 // Online softmax over the tile for every row: s becomes p (times the V scale), alpha the rescale.
-// It runs in base 2 (log2(e) folded into the scale, P = 2^(x - m): simd.h's exp2 needs no
-// Cody-Waite split), so m, and the partial's m the merge reads, are in base-2 units.
 // kscale, vscale: [rows / rows_per_group][T], the int8 scales of each group's keys (else 1).
 void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_group, std::int64_t nt,
                   const float* kscale_all, const float* vscale_all, float scale, const std::int64_t* limit) {
   const Vec::T neg_inf = Vec::set1(kNegInf);
-  const float scale2 = scale * 1.44269504088896341f;
   for (std::int64_t r = 0; r < rows; ++r) {
     float* s = w.s + r * T;
     const float* kscale = kscale_all + r / rows_per_group * T;
@@ -353,7 +350,7 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     Vec::T mv = neg_inf;
     Vec::T bad = Vec::zero();  // NaN in a lane once a visible score is not finite (README, "NaN and inf")
     for (std::int64_t t = 0; t < T; t += N) {
-      Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(Vec::set1(scale2), Vec::load(kscale + t)));
+      Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(Vec::set1(scale), Vec::load(kscale + t)));
       // keep_lanes wants hi within [-1, N]: a row may see none of this tile (visible <= 0).
       if (visible < t + N) {
         const int hi = int(std::max<std::int64_t>(visible - t, 0)) - 1;
@@ -384,7 +381,7 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     const Vec::T mn = Vec::set1(m_new);
     Vec::T sum = Vec::zero();
     for (std::int64_t t = 0; t < T; t += N) {
-      const Vec::T p = exp2(Vec::sub(Vec::load(s + t), mn));
+      const Vec::T p = exp(Vec::sub(Vec::load(s + t), mn));
       sum = Vec::add(sum, p);
       Vec::store(s + t, p);
     }
@@ -392,7 +389,7 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     if (w.m[r] == kNegInf || w.m[r] == m_new) {
       alpha = w.m[r] == kNegInf ? 0.f : 1.f;
     } else {
-      Vec::store(lanes, exp2(Vec::set1(w.m[r] - m_new)));
+      Vec::store(lanes, exp(Vec::set1(w.m[r] - m_new)));
       alpha = lanes[0];
     }
     // O stays normalized (a convex combination of V rows, so it cannot overflow where the answer

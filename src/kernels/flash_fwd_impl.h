@@ -16,10 +16,12 @@
 //  - the online softmax then runs down the key axis with N query rows per vector: row max, exp and
 //    sum are lane-wise across vectors, with no horizontal reductions, and the rescale factor
 //    alpha = exp(m_old - m_new) is one vector per N rows per tile. Its exp shares the FMA pipes
-//    with the products, so it is kept short: base 2 with log2(e) folded into the scale, a
-//    degree-6 polynomial, vscalefps on AVX-512, and no scaled-score store on unmasked tiles
-//    (bf16 at 2k: softmax 9.2 -> ~7 % of kernel samples, ~5 % faster; f32 2k/4k 72-76 -> ~80 %
-//    of the FMA ceiling on Zen 4);
+//    with the products, so it is kept short: a degree-6 polynomial, vscalefps on AVX-512, and no
+//    scaled-score store on unmasked tiles (bf16 at 2k: softmax 9.2 -> ~7 % of kernel samples,
+//    ~5 % faster; f32 2k/4k 72-76 -> ~78 % of the FMA ceiling on Zen 4). Base 2 with log2(e)
+//    folded into the scale would save 2 more ops per element, but its extra rounding of the
+//    scale (a temperature error the softmax does not cancel) put the decode and backward sweeps
+//    past the accuracy bar;
 //  - O [64][Dv] += P·V keeps RB rows × DB vectors of O in registers over the tile's keys,
 //    broadcasting P[i][j] and reading V rows in place; the alpha rescale is folded into the load
 //    of those registers, so it costs one multiply per O element per tile. Column blocks are the
@@ -378,8 +380,6 @@ struct Fp32Dot {
 
 // Online softmax over one tile, N query rows per vector, down the key axis: scale, mask, window,
 // new running max, P = exp(S - max) in place, running sum, and the rescale factor per row.
-// It runs in base 2: scores and masks are multiplied by log2(e) (folded into the scale), m holds
-// the running max in those units, and P = 2^(x - m), which needs no Cody-Waite split (simd.h).
 // Tiles that every row sees in full, without a mask, with a positive scale, never store scaled
 // scores: the row max of raw S times the scale is the max of the scaled scores (rounding is
 // monotone), and pass two scales again, rounded before m is subtracted: S·scale - m must be
@@ -391,8 +391,7 @@ struct Fp32Dot {
 template <class Dot, bool kNormalized>
 bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
   const AttentionParams& p = it.p;
-  constexpr float kLog2e = 1.44269504088896341f;
-  const Vec::T scale = Vec::set1(p.scale * kLog2e);
+  const Vec::T scale = Vec::set1(p.scale);
   const Vec::T neg_inf = Vec::set1(kNegInf);
   if (it.mask_per_row) {
     for (std::int64_t j = 0; j < cols; ++j) {
@@ -400,7 +399,7 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
       const char* mcol =
           it.mbase + it.msz * std::size_t((kb + j) * p.mask_stride[3] + it.t.q_begin * p.mask_stride[2]);
       for (std::int64_t r = 0; r < it.rows; ++r)
-        mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]) * kLog2e;
+        mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
       for (std::int64_t r = it.rows; r < it.qv_rows * N; ++r) mt[r] = 0.0f;
     }
   }
@@ -419,7 +418,7 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     // through the mask poisons l through max and exp.
     Vec::T bad = zero;
     if (raw) {
-      // NaN scores reach the sum through exp2; -inf ones (and overflows of S·scale) would give
+      // NaN scores reach the sum through exp; -inf ones (and overflows of S·scale) would give
       // P = 0 silently, so the extremes are checked once per vector instead of x·0 per element.
       Vec::T mn = Vec::set1(__builtin_inff());
       for (std::int64_t j = 0; j < cols; ++j) {
@@ -445,7 +444,7 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
         if (it.mask_per_row) {
           x = Vec::add(x, Vec::load(it.Mt + j * BQ + v * N));
         } else if (it.mbase != nullptr) {
-          x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3]) * kLog2e));
+          x = Vec::add(x, Vec::set1(load_f32(it.mbase, p.mask_dtype, (kb + j) * p.mask_stride[3])));
         }
         if (!all_visible) x = Vec::keep_lanes(x, int(lo), int(hi), neg_inf);
         Vec::store(sp, x);
@@ -458,7 +457,7 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     Vec::T sum = bad;
     const auto p_of = [&](std::int64_t j) {
       const Vec::T x = Vec::load(it.S + j * BQ + v * N);
-      return exp2(Vec::sub(raw ? rounded(Vec::mul(x, scale)) : x, m_safe));
+      return exp(Vec::sub(raw ? rounded(Vec::mul(x, scale)) : x, m_safe));
     };
     if (Dot::kPairsP && it.p_paired) {  // keys j, j + 1 at once, stored as the policy's pairs
       for (std::int64_t j = 0; j < cols; j += 2) {
@@ -475,7 +474,7 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
     }
     // Lanes past the item's rows (zero queries) would always show mass.
     mass = Vec::add(mass, Vec::keep_lanes(sum, 0, int(it.rows - v * N < N ? it.rows - v * N : N) - 1, zero));
-    const Vec::T a = exp2(Vec::sub(m_old, m_safe));
+    const Vec::T a = exp(Vec::sub(m_old, m_safe));
     const Vec::T l_old = Vec::load(it.l + v * N);
     const Vec::T l_new = Vec::fmadd(l_old, a, sum);
     if constexpr (kNormalized) {
@@ -557,15 +556,12 @@ void store_rows(const Item& it) {
       for (std::int64_t d = 0; d < it.Dv; ++d)
         store_f32(orow, p.out_dtype, d * p.out_stride[3], src[d] * inv);
     }
-    if (p.lse != nullptr) {
-      // m is in base 2 (softmax_tile): lse = m·ln2 + ln l, in double so m's conversion adds no error.
-      const float l = it.l[r];
+    if (p.lse != nullptr)
       p.lse[it.s.batch_index * p.lse_stride[0] + it.t.h * p.lse_stride[1] +
-            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] =
-          l > 0.0f    ? float(double(it.m[r]) * 0.693147180559945309 + __builtin_log(double(l)))
-          : l == 0.0f ? kNegInf
-                      : __builtin_nanf("");
-    }
+            (it.s.q_offset + it.t.q_begin + r) * p.lse_stride[2]] = it.l[r] > 0.0f
+                                                                        ? it.m[r] + __builtin_logf(it.l[r])
+                                                                    : it.l[r] == 0.0f ? kNegInf
+                                                                                      : __builtin_nanf("");
   }
 }
 

@@ -233,12 +233,11 @@ constexpr int bf16_pair_index(int i) {
   return j / 4 * 8 + (i < Vec::N ? 0 : 4) + j % 4;
 }
 
-// 2^r for |r| <= 1/2, or e^r (kE) for |r| <= ln2/2 as 2^(r·log2 e): a degree-6 polynomial fitted
-// to 2^r with least relative error (1.9e-9, below f32's 6e-8; in f32 arithmetic about 1 ulp, as the
-// degree-7 Taylor polynomial it replaced, with one FMA less).
-template <bool kE>
+// e^r for |r| <= ln2/2, as 2^(r·log2 e) by a degree-6 polynomial fitted to 2^t on |t| <= 1/2 for
+// least relative error (1.9e-9, below f32's 6e-8; about 1 ulp in f32 arithmetic, as the degree-7
+// Taylor polynomial it replaced, with one FMA less).
 inline Vec::T exp_reduced(Vec::T r) {
-  constexpr double k = kE ? 1.44269504088896341 : 1.0;
+  constexpr double k = 1.44269504088896341;
   constexpr double c1 = 0.6931472057374539 * k, c2 = 0.2402264689060621 * k * k,
                    c3 = 0.05550328776556443 * k * k * k, c4 = 0.009618488958655299 * k * k * k * k,
                    c5 = 0.0013399931385201004 * k * k * k * k * k,
@@ -252,11 +251,11 @@ inline Vec::T exp_reduced(Vec::T r) {
 }
 
 // exp(x): x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), e^r by exp_reduced,
-// then times 2^n. About 2 ulp. NaN in, NaN out: x86 max returns its second operand when either is
-// NaN, so x goes second. AVX-512 scales by 2^n with vscalefps, which handles the exponent's range
-// itself (results below 2^-126 are subnormal, -inf gives 0); the other ISAs build 2^n in the
-// exponent field and return exactly 0 below -87, where the true value is < 2^-125 and negligible
-// next to a row maximum's exp(0) = 1.
+// then times 2^n. About 1.5 ulp. NaN in, NaN out: x86 max returns its second operand when either
+// is NaN, so x goes second. AVX-512 scales by 2^n with vscalefps (n rounded by vrndscaleps), which
+// handles the exponent's range itself: results below 2^-126 are subnormal, -inf gives 0, and it
+// saves the exponent-field build, clamp and select of the other ISAs, which return exactly 0
+// below -87 (the true value is < 2^-125, negligible next to a row maximum's exp(0) = 1).
 inline Vec::T exp(Vec::T x) {
 #if defined(__AVX512F__)
   const Vec::T xc = Vec::max(Vec::set1(-105.0f), x);  // e^-105 < 2^-151 rounds to 0
@@ -271,25 +270,9 @@ inline Vec::T exp(Vec::T x) {
   Vec::T r = Vec::fnmadd(n, Vec::set1(0.693145751953125f), xc);
   r = Vec::fnmadd(n, Vec::set1(1.428606765330187045e-06f), r);
 #if defined(__AVX512F__)
-  return _mm512_scalef_ps(exp_reduced<true>(r), n);
+  return _mm512_scalef_ps(exp_reduced(r), n);
 #else
-  return Vec::zero_if_less(x, lo, Vec::mul(exp_reduced<true>(r), Vec::two_pow(n)));
-#endif
-}
-
-// 2^t, for the softmax in base 2 (its scale folded into log2(e)): t = n + f with n the nearest
-// integer, so f = t - n is exact and no Cody-Waite split is needed. Same range handling as exp.
-inline Vec::T exp2(Vec::T t) {
-#if defined(__AVX512F__)
-  const Vec::T tc = Vec::max(Vec::set1(-151.0f), t);  // 2^-151 and below round to 0
-  const Vec::T n = _mm512_roundscale_ps(tc, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_scalef_ps(exp_reduced<false>(Vec::sub(tc, n)), n);
-#else
-  const Vec::T lo = Vec::set1(-126.0f);
-  const Vec::T tc = Vec::max(lo, t);
-  const Vec::T shifter = Vec::set1(12582912.0f);
-  const Vec::T n = Vec::sub(Vec::add(tc, shifter), shifter);
-  return Vec::zero_if_less(t, lo, Vec::mul(exp_reduced<false>(Vec::sub(tc, n)), Vec::two_pow(n)));
+  return Vec::zero_if_less(x, lo, Vec::mul(exp_reduced(r), Vec::two_pow(n)));
 #endif
 }
 
