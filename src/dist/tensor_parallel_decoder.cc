@@ -73,8 +73,7 @@ TensorParallelDecoder::TensorParallelDecoder(Communicator& comm, const MultiHead
   for (auto* w : {&local.w_query, &local.w_key, &local.w_value, &local.w_out, &local.b_query, &local.b_key,
                   &local.b_value})
     mha::detail::round_weights(*w, config_.weight_dtype);
-  for (auto* w : {&local.w_query, &local.w_key, &local.w_value}) w_qkv_.insert(w_qkv_.end(), w->begin(), w->end());
-  for (auto* b : {&local.b_query, &local.b_key, &local.b_value}) b_qkv_.insert(b_qkv_.end(), b->begin(), b->end());
+  mha::detail::fuse_qkv(local, w_qkv_, b_qkv_);
   w_out_ = std::move(local.w_out);
   if (config_.bias) {
     b_out_ = weights.b_out;

@@ -4,6 +4,7 @@
 
 #include "api/validate.h"
 #include "mha/errors.h"
+#include "mha/layers.h"
 #include "runtime/dtype_convert.h"
 
 namespace mha::detail {
@@ -25,6 +26,11 @@ void check_activation(const char* func, const char* name, const Tensor& t,
 
 void round_weights(std::vector<float>& w, DType dtype) {
   for (float& x : w) x = round_to(dtype, x);
+}
+
+void fuse_qkv(const MultiHeadAttentionWeights& w, std::vector<float>& w_qkv, std::vector<float>& b_qkv) {
+  for (auto* m : {&w.w_query, &w.w_key, &w.w_value}) w_qkv.insert(w_qkv.end(), m->begin(), m->end());
+  for (auto* b : {&w.b_query, &w.b_key, &w.b_value}) b_qkv.insert(b_qkv.end(), b->begin(), b->end());
 }
 
 void check_weight(const char* func, const std::string& name, const std::vector<float>& w, std::int64_t size) {

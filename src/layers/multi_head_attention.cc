@@ -54,8 +54,7 @@ MultiHeadAttention::MultiHeadAttention(const MultiHeadAttentionConfig& config,
   for (auto* w :
        {&w_.w_query, &w_.w_key, &w_.w_value, &w_.w_out, &w_.b_query, &w_.b_key, &w_.b_value, &w_.b_out})
     detail::round_weights(*w, c.weight_dtype);
-  for (auto* w : {&w_.w_query, &w_.w_key, &w_.w_value}) w_qkv_.insert(w_qkv_.end(), w->begin(), w->end());
-  for (auto* b : {&w_.b_query, &w_.b_key, &w_.b_value}) b_qkv_.insert(b_qkv_.end(), b->begin(), b->end());
+  detail::fuse_qkv(w_, w_qkv_, b_qkv_);
   if (c.rope) rope_.emplace(c.rope->rotary_dim, c.rope->max_positions, c.rope->theta);
 }
 
