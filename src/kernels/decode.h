@@ -46,14 +46,15 @@ struct DecodeItem {
 // whole 32-element chunks (the f32 kernels use the first d).
 inline std::int64_t decode_ld(std::int64_t d) { return (d + 31) / 32 * 32; }
 
-// Floats of scratch an item needs (64-byte aligned): q rows (f32 and bf16), scores, bf16
-// probability pairs, O, row state, the V staging and the tile's K/V scales.
+// Floats of scratch an item needs (64-byte aligned): q rows (f32 and bf16 or int16), scores, bf16
+// or int16 probability pairs, O, row state (m, l, alpha, causal limit, q and P scales), the V
+// staging and the tile's K/V scales.
 std::int64_t decode_scratch_floats(const DecodeParams& p);
 // Where in the scratch the kernels stage a tile's V rows (kDecodeTile rows of hkv·ld floats at
 // most, 64-byte aligned), after q, scores, O and the row state.
 inline std::int64_t stage_offset(const DecodeParams& p) {
   const std::int64_t HR = p.hq * p.nq, ld = decode_ld(p.d);
-  return (HR * (2 * ld + ld / 2 + kDecodeTile + kDecodeTile / 2 + 5) + 2 + 15) / 16 * 16;
+  return (HR * (2 * ld + ld / 2 + kDecodeTile + kDecodeTile / 2 + 7) + 2 + 15) / 16 * 16;
 }
 
 using DecodeKernel = void (*)(const DecodeParams& p, const DecodeItem& item, float* scratch);

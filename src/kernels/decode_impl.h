@@ -16,23 +16,29 @@
 // Both roundings are the ones a bf16 model makes (the naive bf16 path, the accuracy yardstick,
 // rounds q, the scores and P); products are exact and accumulate in f32. It halves the work per
 // cache byte, which is what bounds GQA groups of 4 and more.
-// int8 caches take the same path there: int8 values are exact in bf16 (8 significant bits), so
-// K and V chunks are widened to bf16 (scales stay per row: K's on the scores, V's on P), q and P
-// are rounded as for a bf16 cache, and the naive bf16 path is their yardstick on that ISA. Keys
-// that several row blocks dot (MQA) are widened once per tile into the V staging's free half.
-// Measured side by side on one Zen 4 thread (context 4096): 32/8 int8 1360 µs against bf16
-// 1410-1460 (int8 was 1440 on f32 FMAs); 32/1 in L3 int8 680 against bf16 650 (was 790-940).
+// int8 caches dot in integers there: K and V rows widen to int16 (one vpmovsxbw per 32 elements,
+// where widening to bf16 took seven instructions), q is quantized to int16 per row (scale max|q| /
+// 32767) and P to int16 per row and tile (scale max P / 32767); vpmaddwd + vpaddd sum exact int32
+// (vpdpwssd measured no faster on Zen 4) and the scales apply once per score and per tile of O.
+// Both quantizations err less than bf16 rounding does, so the naive bf16 path stays their yardstick.
+// Side by side on one Zen 4 thread (context 4096, bf16-widening int8 against this): 32/8 int8
+// 1356 -> 1271 µs at batch 1, 11143 -> 10462 at batch 8, 7-8 % under bf16's time; 32/1 is bound
+// by the dot rate, 32 multiply-adds per instruction in bf16 and int16 alike, so int8 only ties
+// bf16 there (int8 reads half the bytes, which MQA does not wait on).
 //
 // What bounds it now (Zen 4, 2 threads): 32/32 streams the cache at ~38 GB/s, at or above the
-// measured read ceiling; 32/8 reads ~24 GB/s and its math alone (~270 µs at 4096 tokens by
-// instruction count) would fit under the memory time, so loads and math still run partly in
-// series. Software prefetch of the next tile's rows (4 rows per score step) measured 10 % slower
-// in an A/B: the hardware prefetchers already follow the row streams.
+// measured read ceiling; 32/8 reads 16-20 GB/s. Each tile's 4-key score steps prefetch the same
+// rows of the next tile into L1 (K and V, all heads: 16 KB per step at 8 heads × 128): the K
+// loads of the score step had been the largest stall (77 % of its samples), and this took 32/8
+// batch 8 from 13420 to 12275 µs side by side (prefetching 4 rows ahead within the tile had
+// measured 10 % slower). The item's fixed work is vectorized (q to bf16, O back to natural
+// order, no divisions per row): it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including decode_impl.h"
 #endif
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <type_traits>
@@ -60,6 +66,8 @@ constexpr bool kDot = DT == kBf16 || DT == kI8;
 template <int DT>
 constexpr bool kDot = false;
 #endif
+template <int DT>
+constexpr bool kIntDot = kDot<DT> && DT == kI8;  // int8 caches dot in int16 (vpmaddwd)
 
 template <int DT>
 Vec::T load_vec(const void* row, std::int64_t e) {
@@ -136,6 +144,8 @@ struct Scratch {
   float* m;           // [R] running max
   float* l;           // [R] running sum
   float* alpha;       // [R] this tile's rescale of O
+  float* qscale;      // [R] int8 cache: q = qscale · the int16 row in qb
+  float* pscale;      // [R] int8 cache: this tile's P = pscale · the int16 pairs in pb
   std::int64_t ld;    // row stride of q, qb and o
 };
 
@@ -192,15 +202,29 @@ inline __m512i load_bf16_chunk(const void* row, std::int64_t e, std::int64_t d) 
   return _mm512_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(row) + e);
 }
 
-// Lanes [0, d - e) of 32 int8 at row + e as bf16, zero past them: int8 values are exact in bf16
-// (8 significant bits), so the dot products stay exact; the row's scale is applied to the score.
+// Lanes [0, d - e) of 32 int8 at row + e as int16, zero past them (the int8 cache's integer dots).
 inline __m512i load_i8_chunk(const void* row, std::int64_t e, std::int64_t d) {
   const __mmask32 m = d - e >= 32 ? ~__mmask32(0) : __mmask32((1u << (d - e)) - 1u);
-  const __m256i b = _mm256_maskz_loadu_epi8(m, static_cast<const std::int8_t*>(row) + e);
-  const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(b)));
-  const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(b, 1)));
-  return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+  return _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, static_cast<const std::int8_t*>(row) + e));
 }
+
+// The dot-product accumulators: f32 for bf16 pairs (vdpbf16ps), int32 for int16 pairs (int8 caches;
+// vpmaddwd + vpaddd, which measured 1.5x the rate of vpdpwssd on Zen 4). Both sums are exact per
+// instruction; int32 ones cannot overflow (see pv_dot).
+template <int DT>
+struct DotAccOf {
+  using type = __m512;
+};
+template <>
+struct DotAccOf<kI8> {
+  using type = __m512i;
+};
+template <int DT>
+using DotAcc = typename DotAccOf<DT>::type;
+inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+inline __m512i dot_pairs(__m512i acc, __m512i a, __m512i b) { return _mm512_add_epi32(_mm512_madd_epi16(a, b), acc); }
+inline __m512 as_f32(__m512 x) { return x; }
+inline __m512 as_f32(__m512i x) { return _mm512_cvtepi32_ps(x); }
 
 template <int DT>
 __m512i load_dot_chunk(const void* row, std::int64_t e, std::int64_t d) {
@@ -208,58 +232,73 @@ __m512i load_dot_chunk(const void* row, std::int64_t e, std::int64_t d) {
   return load_bf16_chunk(row, e, d);
 }
 
-// score_quad for kDot: 32 elements per vdpbf16ps, K rows dotted in place (int8 widened to bf16).
+// score_quad for kDot: 32 elements per vdpbf16ps (bf16) or vpmaddwd (int8 widened to int16, q as
+// int16), K rows dotted in place.
 template <int DT, int rb>
 void score_quad_dot(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
   const std::int64_t ld = w.ld;
-  __m512 acc[rb][4];
+  DotAcc<DT> acc[rb][4];
 #pragma GCC unroll 4
   for (int r = 0; r < rb; ++r)
 #pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_setzero_ps();
+    for (int i = 0; i < 4; ++i) acc[r][i] = DotAcc<DT>{};
   for (std::int64_t e = 0; e < ld; e += 32) {
     __m512i kv[4];
 #pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) kv[i] = load_dot_chunk<DT>(k[i], e, d);
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      const __m512bh qv = (__m512bh)_mm512_loadu_si512(w.qb + (r0 + r) * ld + e);
+      const __m512i qv = _mm512_loadu_si512(w.qb + (r0 + r) * ld + e);
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) acc[r][i] = _mm512_dpbf16_ps(acc[r][i], qv, (__m512bh)kv[i]);
+      for (int i = 0; i < 4; ++i) acc[r][i] = dot_pairs(acc[r][i], qv, kv[i]);
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < rb; ++r) Vec::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], w.s + (r0 + r) * T + t);
+  for (int r = 0; r < rb; ++r)
+    Vec::hsum4(as_f32(acc[r][0]), as_f32(acc[r][1]), as_f32(acc[r][2]), as_f32(acc[r][3]), w.s + (r0 + r) * T + t);
 }
 
 // O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb), over `pairs` staged key pairs:
 // stage holds, per pair, ld/32 chunks of 64 bf16 (unpacklo, unpackhi of rows t and t + 1), and O is
 // in the lane order those unpacks give (bf16_pair_index), as in the f32 bf16 path.
-template <int rb>
+// int8 caches: P and V are int16 pairs (P ≤ 32767, |v| ≤ 128, so a tile's 16 pairs sum to at most
+// 2^27 per lane, exact in int32), and the tile's sums join O as pscale · sum.
+template <int DT, int rb>
 void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::int64_t pairs) {
   const std::int64_t ld = w.ld;
   for (std::int64_t e = 0; e < ld; e += 32) {
-    __m512 lo[rb], hi[rb];
+    DotAcc<DT> lo[rb], hi[rb];
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      const __m512 a = _mm512_set1_ps(w.alpha[r0 + r]);
-      lo[r] = _mm512_mul_ps(_mm512_loadu_ps(w.o + (r0 + r) * ld + e), a);
-      hi[r] = _mm512_mul_ps(_mm512_loadu_ps(w.o + (r0 + r) * ld + e + 16), a);
+      if constexpr (kIntDot<DT>) {
+        lo[r] = hi[r] = _mm512_setzero_si512();
+      } else {
+        const __m512 a = _mm512_set1_ps(w.alpha[r0 + r]);
+        lo[r] = _mm512_mul_ps(_mm512_loadu_ps(w.o + (r0 + r) * ld + e), a);
+        hi[r] = _mm512_mul_ps(_mm512_loadu_ps(w.o + (r0 + r) * ld + e + 16), a);
+      }
     }
     for (std::int64_t tp = 0; tp < pairs; ++tp) {
       const std::uint16_t* vs = stage + (tp * ld + e) * 2;
-      const __m512bh vlo = (__m512bh)_mm512_loadu_si512(vs), vhi = (__m512bh)_mm512_loadu_si512(vs + 32);
+      const __m512i vlo = _mm512_loadu_si512(vs), vhi = _mm512_loadu_si512(vs + 32);
 #pragma GCC unroll 4
       for (int r = 0; r < rb; ++r) {
-        const __m512bh pp = (__m512bh)_mm512_set1_epi32(int(w.pb[(r0 + r) * (T / 2) + tp]));
-        lo[r] = _mm512_dpbf16_ps(lo[r], pp, vlo);
-        hi[r] = _mm512_dpbf16_ps(hi[r], pp, vhi);
+        const __m512i pp = _mm512_set1_epi32(int(w.pb[(r0 + r) * (T / 2) + tp]));
+        lo[r] = dot_pairs(lo[r], pp, vlo);
+        hi[r] = dot_pairs(hi[r], pp, vhi);
       }
     }
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      _mm512_storeu_ps(w.o + (r0 + r) * ld + e, lo[r]);
-      _mm512_storeu_ps(w.o + (r0 + r) * ld + e + 16, hi[r]);
+      float* o = w.o + (r0 + r) * ld + e;
+      if constexpr (kIntDot<DT>) {
+        const __m512 a = _mm512_set1_ps(w.alpha[r0 + r]), ps = _mm512_set1_ps(w.pscale[r0 + r]);
+        _mm512_storeu_ps(o, _mm512_fmadd_ps(as_f32(lo[r]), ps, _mm512_mul_ps(_mm512_loadu_ps(o), a)));
+        _mm512_storeu_ps(o + 16, _mm512_fmadd_ps(as_f32(hi[r]), ps, _mm512_mul_ps(_mm512_loadu_ps(o + 16), a)));
+      } else {
+        _mm512_storeu_ps(o, lo[r]);
+        _mm512_storeu_ps(o + 16, hi[r]);
+      }
     }
   }
 }
@@ -281,6 +320,76 @@ inline void pack_probabilities(const Scratch& w, std::int64_t rows) {
   for (std::int64_t r = 0; r < rows; ++r) {
     const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(w.s + r * T + 16), _mm512_loadu_ps(w.s + r * T));
     _mm512_storeu_si512(w.pb + r * (T / 2), (__m512i)x);
+  }
+}
+
+// int8 caches: each row's P (≥ 0) as int16 pairs on a per-row scale, pscale = max P / 32767 (0 when
+// the row has no mass): an error of at most max P / 65534 per key, below bf16's 2^-9 relative.
+inline void pack_probabilities_i16(const Scratch& w, std::int64_t rows) {
+  static_assert(T == 32);
+  for (std::int64_t r = 0; r < rows; ++r) {
+    const __m512 a = _mm512_loadu_ps(w.s + r * T), b = _mm512_loadu_ps(w.s + r * T + 16);
+    const float mx = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
+    const __m512 inv = _mm512_set1_ps(mx > 0.f ? 32767.f / mx : 0.f);
+    const __m256i lo = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)));
+    const __m256i hi = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
+    _mm512_storeu_si512(w.pb + r * (T / 2), _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
+    w.pscale[r] = mx > 0.f ? mx / 32767.f : 0.f;
+  }
+}
+
+// int8 caches: q as int16 on a per-row scale (max |q| / 32767, error ≤ max |q| / 65534 per element,
+// below bf16's rounding for all but elements far under the row's max), zero past d. A row with a
+// non-finite element gets a NaN scale: its scores are NaN and the row is poisoned, as with f32 q.
+inline void quantize_row_i16(const float* q, std::int64_t d, std::int64_t ld, std::uint16_t* dst, float* scale) {
+  const auto mask = [&](std::int64_t e) {
+    return d - e >= 16 ? __mmask16(0xffff) : d - e <= 0 ? __mmask16(0) : __mmask16((1u << (d - e)) - 1u);
+  };
+  __m512 mx = _mm512_setzero_ps(), bad = _mm512_setzero_ps();  // bad: NaN once an element is not finite
+  for (std::int64_t e = 0; e < d; e += 16) {
+    const __m512 x = _mm512_maskz_loadu_ps(mask(e), q + e);
+    mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
+    bad = _mm512_fmadd_ps(x, _mm512_setzero_ps(), bad);
+  }
+  const float m = _mm512_reduce_max_ps(mx);
+  const bool finite = !__builtin_isnan(_mm512_reduce_add_ps(bad));
+  const __m512 inv = _mm512_set1_ps(finite && m > 0.f ? 32767.f / m : 0.f);
+  for (std::int64_t e = 0; e < ld; e += 16) {  // round to nearest even (MXCSR's default)
+    const __m512 x = _mm512_maskz_loadu_ps(mask(e), q + e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + e),
+                        _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv))));
+  }
+  *scale = !finite ? __builtin_nanf("") : m > 0.f ? m / 32767.f : 0.f;
+}
+
+// dst[0..ld) = q[0..d) rounded to bf16 as f32_to_bf16 rounds (nearest even, NaN kept quiet; the
+// vcvtneps2bf16 instruction would flush subnormals), zero past d.
+inline void round_row_bf16(const float* q, std::int64_t d, std::int64_t ld, std::uint16_t* dst) {
+  const __m512i nan_bits = _mm512_set1_epi32(0x7f800000), abs_mask = _mm512_set1_epi32(0x7fffffff);
+  for (std::int64_t e = 0; e < ld; e += 16) {
+    const __mmask16 m = d - e >= 16 ? __mmask16(0xffff) : d - e <= 0 ? __mmask16(0) : __mmask16((1u << (d - e)) - 1u);
+    const __m512i x = _mm512_maskz_loadu_epi32(m, q + e);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
+    __m512i r = _mm512_srli_epi32(_mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, abs_mask), nan_bits);
+    r = _mm512_mask_or_epi32(r, nan, _mm512_srli_epi32(x, 16), _mm512_set1_epi32(0x40));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + e), _mm512_cvtepi32_epi16(r));
+  }
+}
+
+// out[0..d) = an O row in pv_dot's lane order (bf16_pair_index per 32-element chunk), in natural
+// order: two two-source permutes per chunk.
+inline void unpermute_row(const float* o, std::int64_t d, float* out) {
+  alignas(64) std::int32_t idx[32];
+  for (int j = 0; j < 32; ++j) idx[j] = (j % 8 < 4 ? 0 : 16) + j / 8 * 4 + j % 4;
+  const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 16);
+  for (std::int64_t e = 0; e < d; e += 32) {
+    const __m512 lo = _mm512_loadu_ps(o + e), hi = _mm512_loadu_ps(o + e + 16);
+    const auto mask = [&](std::int64_t at) {
+      return d - at >= 16 ? __mmask16(0xffff) : d - at <= 0 ? __mmask16(0) : __mmask16((1u << (d - at)) - 1u);
+    };
+    _mm512_mask_storeu_ps(out + e, mask(e), _mm512_permutex2var_ps(lo, i0, hi));
+    _mm512_mask_storeu_ps(out + e + 16, mask(e + 16), _mm512_permutex2var_ps(lo, i1, hi));
   }
 }
 #endif
@@ -339,18 +448,20 @@ void for_row_blocks(std::int64_t R, F&& f) {
 // Online softmax over the tile for every row: s becomes p (times the V scale), alpha the rescale.
 // kscale, vscale: [rows / rows_per_group][T], the int8 scales of each group's keys (else 1).
 void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_group, std::int64_t nt,
-                  const float* kscale_all, const float* vscale_all, float scale, const std::int64_t* limit) {
+                  const float* kscale_all, const float* vscale_all, float scale, const std::int64_t* limit,
+                  const float* row_scale) {
   const Vec::T neg_inf = Vec::set1(kNegInf);
   for (std::int64_t r = 0; r < rows; ++r) {
     float* s = w.s + r * T;
     const float* kscale = kscale_all + r / rows_per_group * T;
     const float* vscale = vscale_all + r / rows_per_group * T;
-    // Scale (times int8's K scale); keys past the tile or past the row's causal limit get -inf.
+    // Scale (times int8's K scale and q scale); keys past the tile or past the row's causal limit get -inf.
     const std::int64_t visible = std::min(nt, limit[r]);
+    const Vec::T row_mult = Vec::set1(row_scale != nullptr ? scale * row_scale[r] : scale);
     Vec::T mv = neg_inf;
     Vec::T bad = Vec::zero();  // NaN in a lane once a visible score is not finite (README, "NaN and inf")
     for (std::int64_t t = 0; t < T; t += N) {
-      Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(Vec::set1(scale), Vec::load(kscale + t)));
+      Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(row_mult, Vec::load(kscale + t)));
       // keep_lanes wants hi within [-1, N]: a row may see none of this tile (visible <= 0).
       if (visible < t + N) {
         const int hi = int(std::max<std::int64_t>(visible - t, 0)) - 1;
@@ -450,6 +561,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   all.l = all.m + HR;
   all.alpha = all.l + HR;
   std::int64_t* rel = reinterpret_cast<std::int64_t*>(all.alpha + HR + (HR & 1));  // [HR]
+  all.qscale = reinterpret_cast<float*>(rel + HR);
+  all.pscale = all.qscale + HR;
   std::uint8_t* stage_v = reinterpret_cast<std::uint8_t*>(scratch + stage_offset(p));
   // Row r of group g = i·G + j: query token i, head g·G + j. Token i sees keys [0, L − nq + i].
   const std::int64_t L = p.seqlens[it.b];
@@ -458,9 +571,15 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       for (std::int64_t j = 0; j < G; ++j) {
         const std::int64_t r = g * R + i * G + j;
         const float* q = p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d;
+#if defined(__AVX512BF16__)
         if constexpr (kDot<DT>) {
-          for (std::int64_t e = 0; e < ld; ++e) all.qb[r * ld + e] = e < d ? f32_to_bf16(q[e]) : 0;
-        } else {
+          if constexpr (kIntDot<DT>)
+            quantize_row_i16(q, d, ld, all.qb + r * ld, all.qscale + r);
+          else
+            round_row_bf16(q, d, ld, all.qb + r * ld);
+        } else
+#endif
+        {
           permute_row<DT>(q, all.q + r * ld, d, true);
         }
         all.m[r] = kNegInf;
@@ -475,27 +594,28 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   std::int64_t rows[T];
   float* kscale = scratch + stage_offset(p) + T * p.hkv * ld;  // [Hkv][T], after the V staging
   float* vscale = kscale + p.hkv * T;
+  const std::uint8_t *knext[T], *vnext[T];
+  std::int64_t next_rows[T];
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
     const std::int64_t nt = std::min(T, it.t1 - t0);
     token_rows(p, table, t0, nt, row_bytes, kbase, vbase, rows);
+    const std::int64_t nt_next = std::min(T, it.t1 - t0 - T);
+    if (nt_next > 0) token_rows(p, table, t0 + T, nt_next, row_bytes, knext, vnext, next_rows);
     for (std::int64_t g = 0; g < p.hkv; ++g)
       for (std::int64_t t = 0; t < T; ++t) {
         kscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.k_scale[rows[t] * p.hkv + g] : 1.f;
         vscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.v_scale[rows[t] * p.hkv + g] : 1.f;
       }
-    for (std::int64_t r = 0; r < HR; ++r) rel[r] = L - p.nq + (r % R) / G + 1 - t0;
-#if defined(__AVX512BF16__)
-    // int8 keys dotted by more than one row block are widened to bf16 once per tile, into the half
-    // of the V staging that bf16 pairs leave free ([head][token][ld]), not once per row block.
-    auto* kstage = reinterpret_cast<std::uint16_t*>(stage_v) + T * p.hkv * ld;
-    const bool stage_k = DT == kI8 && R > SRB;
-    if (stage_k)
-      for (std::int64_t t = 0; t < nt; ++t)
-        for (std::int64_t g = 0; g < p.hkv; ++g)
-          for (std::int64_t e = 0; e < ld; e += 32)
-            _mm512_storeu_si512(kstage + (g * T + t) * ld + e, load_i8_chunk(kbase[t] + g * hb, e, d));
-#endif
+    for (std::int64_t g = 0, r = 0; g < p.hkv; ++g)  // row g·R + i·G + j sees L − nq + i + 1 keys
+      for (std::int64_t i = 0; i < p.nq; ++i)
+        for (std::int64_t j = 0; j < G; ++j, ++r) rel[r] = L - p.nq + i + 1 - t0;
     for (std::int64_t t = 0; t < nt; t += 4) {
+      // The same 4 rows of the next tile, into L1, a tile's math ahead of their use (essay).
+      for (std::int64_t i = t; i < std::min(t + 4, nt_next); ++i)
+        for (std::size_t b = 0; b < row_bytes; b += 64) {
+          __builtin_prefetch(knext[i] + b, 0, 3);
+          __builtin_prefetch(vnext[i] + b, 0, 3);
+        }
       for (std::int64_t g = 0; g < p.hkv; ++g) {
         Scratch w = all;
         w.q = all.q + g * R * ld;
@@ -505,14 +625,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         for (int i = 0; i < 4; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hb;
         for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
 #if defined(__AVX512BF16__)
-          if constexpr (kDot<DT>) {
-            if (stage_k) {
-              const void* ks[4];
-              for (int i = 0; i < 4; ++i) ks[i] = kstage + (g * T + std::min(t + i, nt - 1)) * ld;
-              return score_quad_dot<kBf16, decltype(rb)::value>(w, d, r0, ks, t);
-            }
-            return score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t);
-          }
+          if constexpr (kDot<DT>) return score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t);
 #endif
           score_quad<DT, decltype(rb)::value>(w, d, r0, k, t);
         });
@@ -532,9 +645,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         for (std::int64_t g = 0; g < p.hkv; ++g)
           copy_bytes(stage_v + std::size_t(g * T + t) * hb, vbase[t] + g * hb, hb);
     }
-    softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel);
+    softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntDot<DT> ? all.qscale : nullptr);
 #if defined(__AVX512BF16__)
-    if constexpr (kDot<DT>) pack_probabilities(all, HR);
+    if constexpr (kIntDot<DT>)
+      pack_probabilities_i16(all, HR);
+    else if constexpr (kDot<DT>)
+      pack_probabilities(all, HR);
 #endif
     for (std::int64_t g = 0; g < p.hkv; ++g) {
       Scratch w = all;
@@ -542,11 +658,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       w.pb = all.pb + g * R * (T / 2);
       w.o = all.o + g * R * ld;
       w.alpha = all.alpha + g * R;
+      w.pscale = all.pscale + g * R;
 #if defined(__AVX512BF16__)
       if constexpr (kDot<DT>) {
         const auto* stage = reinterpret_cast<const std::uint16_t*>(stage_v) + g * (T / 2) * ld * 2;
         for_row_blocks<RB>(
-            R, [&](std::int64_t r0, auto rb) { pv_dot<decltype(rb)::value>(w, r0, stage, (nt + 1) / 2); });
+            R, [&](std::int64_t r0, auto rb) { pv_dot<DT, decltype(rb)::value>(w, r0, stage, (nt + 1) / 2); });
         continue;
       }
 #endif
@@ -559,6 +676,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     float* out = it.partial + r * (d + 2);
     out[0] = all.m[r];
     out[1] = all.l[r];
+#if defined(__AVX512BF16__)
+    if constexpr (kDot<DT>) {
+      unpermute_row(all.o + r * ld, d, out + 2);
+      continue;
+    }
+#endif
     permute_row<DT>(all.o + r * ld, out + 2, d, false);
   }
 }
