@@ -44,6 +44,7 @@
 #include <type_traits>
 
 #include "kernels/decode.h"
+#include "mha/attention.h"
 #include "kernels/simd.h"
 #include "runtime/dtype_convert.h"
 
@@ -58,6 +59,7 @@ constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Cache element types (DecodeParams::cache_dtype).
 enum : int { kF32 = 0, kF16 = 1, kBf16 = 2, kI8 = 3 };
+constexpr int kI16 = 4;  // int8 key rows already widened to int16 (MQA/GQA: once per tile, not per row block)
 
 #if defined(__AVX512BF16__)
 template <int DT>
@@ -219,15 +221,30 @@ template <>
 struct DotAccOf<kI8> {
   using type = __m512i;
 };
+template <>
+struct DotAccOf<kI16> {
+  using type = __m512i;
+};
 template <int DT>
 using DotAcc = typename DotAccOf<DT>::type;
 inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
 inline __m512i dot_pairs(__m512i acc, __m512i a, __m512i b) { return _mm512_add_epi32(_mm512_madd_epi16(a, b), acc); }
 inline __m512 as_f32(__m512 x) { return x; }
 inline __m512 as_f32(__m512i x) { return _mm512_cvtepi32_ps(x); }
+// out[0..4) = the sums of a, b, c, d (Vec::hsum4's shuffles); int32 ones are summed exactly (a score
+// is at most 256 · 32767 · 128 < 2^31 in magnitude) and converted once.
+inline void hsum4(__m512 a, __m512 b, __m512 c, __m512 d, float* out) { Vec::hsum4(a, b, c, d, out); }
+inline void hsum4(__m512i a, __m512i b, __m512i c, __m512i d, float* out) {
+  const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+  const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+  const __m512i x = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+  const __m256i y = _mm256_add_epi32(_mm512_castsi512_si256(x), _mm512_extracti64x4_epi64(x, 1));
+  _mm_storeu_ps(out, _mm_cvtepi32_ps(_mm_add_epi32(_mm256_castsi256_si128(y), _mm256_extracti128_si256(y, 1))));
+}
 
 template <int DT>
 __m512i load_dot_chunk(const void* row, std::int64_t e, std::int64_t d) {
+  if constexpr (DT == kI16) return _mm512_loadu_si512(static_cast<const std::int16_t*>(row) + e);  // zero padded
   if constexpr (DT == kI8) return load_i8_chunk(row, e, d);
   return load_bf16_chunk(row, e, d);
 }
@@ -254,8 +271,7 @@ void score_quad_dot(const Scratch& w, std::int64_t d, std::int64_t r0, const voi
     }
   }
 #pragma GCC unroll 4
-  for (int r = 0; r < rb; ++r)
-    Vec::hsum4(as_f32(acc[r][0]), as_f32(acc[r][1]), as_f32(acc[r][2]), as_f32(acc[r][3]), w.s + (r0 + r) * T + t);
+  for (int r = 0; r < rb; ++r) hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], w.s + (r0 + r) * T + t);
 }
 
 // O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb), over `pairs` staged key pairs:
@@ -623,6 +639,18 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         w.s = all.s + g * R * T;
         const void* k[4];
         for (int i = 0; i < 4; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hb;
+#if defined(__AVX512BF16__)
+        if (kIntDot<DT> && R > SRB) {  // widen once for all row blocks
+          alignas(64) std::int16_t kw[4][decode_ld(kMaxHeadDim)];
+          for (int i = 0; i < 4; ++i) {
+            for (std::int64_t e = 0; e < ld; e += 32) _mm512_store_si512(kw[i] + e, load_i8_chunk(k[i], e, d));
+            k[i] = kw[i];
+          }
+          for_row_blocks<SRB>(
+              R, [&](std::int64_t r0, auto rb) { score_quad_dot<kI16, decltype(rb)::value>(w, d, r0, k, t); });
+          continue;
+        }
+#endif
         for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
 #if defined(__AVX512BF16__)
           if constexpr (kDot<DT>) return score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t);
