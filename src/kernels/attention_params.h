@@ -46,6 +46,12 @@ struct AttentionParams {
   float dropout_p = 0.0f;
   float keep_scale = 1.0f;
   std::uint64_t dropout_seed = 0, dropout_offset = 0;
+
+  // bf16 V as key pairs (v[2j][c], v[2j+1][c]) for the vdpbf16ps kernel, made once per call when
+  // several items read each KV head (value_pairs.h); null otherwise. Head h's pairs of sequence b
+  // start at row h·v_pair_rows + value_pair_base(b); rows hold v_pair_ld dwords, zero padded.
+  const std::uint32_t* v_pairs = nullptr;
+  std::int64_t v_pair_rows = 0, v_pair_ld = 0;
 };
 
 // One sequence's placement: rows [q_offset, q_offset + len_q) of batch entry `batch_index`.
@@ -72,6 +78,13 @@ static inline KeyRange visible_keys(const AttentionParams& p, const SeqSpan& s, 
   if (hi > s.len_k) hi = s.len_k;
   if (hi < lo) hi = lo;
   return {lo, hi};
+}
+
+// First pair row of sequence b in a head's value pairs: (first key row + b) / 2 leaves every
+// sequence ceil(len_k / 2) rows whatever the parity of its start; value_pair_base(p, batch) rows
+// hold them all.
+static inline std::int64_t value_pair_base(const AttentionParams& p, std::int64_t b) {
+  return ((p.cu_k == nullptr ? b * p.nk : std::int64_t(p.cu_k[b])) + b) / 2;
 }
 
 static inline bool key_visible(const AttentionParams& p, const SeqSpan& s, std::int64_t i, std::int64_t j) {

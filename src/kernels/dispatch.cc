@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "kernels/flash_fwd.h"
+#include "kernels/value_pairs.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/thread_pool.h"
 
@@ -36,7 +37,20 @@ std::int64_t item_cost(const AttentionParams& p, const FlashTile& t) {
 
 }  // namespace
 
-void run_flash_fwd(const AttentionParams& p, FlashFwdKernel kernel) {
+void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
+  AttentionParams p = call;
+  // The vdpbf16ps kernel reads V as key pairs: made once here rather than per item and tile. The
+  // buffer is kept per calling thread up to 64 MiB (steady state allocates nothing); larger calls
+  // hold theirs only while they run.
+  constexpr std::size_t kKeptPairBytes = std::size_t(64) << 20;
+  thread_local AlignedBuffer kept_pairs;
+  AlignedBuffer call_pairs;
+  if (kernel == &avx512bf16::flash_fwd) {
+    constexpr std::int64_t ld = 16;  // the kernel's vector width: rows padded to whole vectors
+    const std::int64_t row = (p.dv + ld - 1) / ld * ld;
+    prepare_value_pairs(p, row, kFlashBlockQ, kept_pairs, kKeptPairBytes);
+    if (p.v_pairs == nullptr) prepare_value_pairs(p, row, kFlashBlockQ, call_pairs, ~std::size_t(0));
+  }
   // Kept per calling thread and refilled: once it has grown, steady-state calls allocate nothing.
   // (A thread_local is not captured by the lambda below: workers must see the caller's list.)
   thread_local std::vector<FlashTile> caller_items;

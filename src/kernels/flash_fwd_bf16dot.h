@@ -9,7 +9,8 @@
 //  - O += P·V reduces over keys: P (the softmax output, lanes along query rows) is rounded to bf16
 //    and paired as (p[j][i], p[j+1][i]), by the softmax itself when nothing changes P after it
 //    (no dropout; ~1.7 % faster at 2k than storing f32 P and packing it); V rows j, j+1 are
-//    interleaved per tile into (v[j][c], v[j+1][c]) dwords with lanes along the value dim.
+//    interleaved into (v[j][c], v[j+1][c]) dwords with lanes along the value dim: once per call
+//    when at least 8 items read each KV head (value_pairs.h; 2k: 5 % faster), else per tile.
 // Products of bf16 values are exact in f32 and accumulate in f32; the one extra rounding is P to
 // bf16, which the naive bf16 path (the accuracy yardstick) makes too.
 
@@ -146,14 +147,13 @@ struct Bf16Dot {
     _mm512_storeu_si512(reinterpret_cast<std::uint32_t*>(it.Pp) + jp * BQ + v * N, pair);
   }
 
-  static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
+  // The tile's V rows paired into Vc.
+  static const std::uint32_t* pair_values(Item& it, std::int64_t kb, std::int64_t cols) {
     const AttentionParams& p = it.p;
-    const std::int64_t pairs = (cols + 1) / 2;
-    // V rows j, j+1 -> (v[j][c], v[j+1][c]) dwords, [pairs][DvP], zero padded.
     const auto* vtile = reinterpret_cast<const std::uint16_t*>(it.value_tile(kb));
     auto* Vp = reinterpret_cast<std::uint32_t*>(it.Vc);
     const bool vec_rows = p.v_stride[3] == 1;
-    for (std::int64_t jp = 0; jp < pairs; ++jp) {
+    for (std::int64_t jp = 0; jp < (cols + 1) / 2; ++jp) {
       const std::uint16_t* a = vtile + 2 * jp * p.v_stride[1];
       const std::uint16_t* b = 2 * jp + 1 < cols ? a + p.v_stride[1] : nullptr;
       std::uint32_t* dst = Vp + jp * it.DvP;
@@ -166,6 +166,15 @@ struct Bf16Dot {
                  (b == nullptr ? 0u : std::uint32_t(b[c * p.v_stride[3]]) << 16);
       for (; c < it.DvP; ++c) dst[c] = 0;
     }
+    return Vp;
+  }
+
+  static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
+    const std::int64_t pairs = (cols + 1) / 2;
+    // V rows j, j+1 -> (v[j][c], v[j+1][c]) dwords, [pairs][DvP], zero padded: the call's pairs
+    // (value_pairs.h) when it made them, else paired here.
+    const std::uint32_t* Vp = it.tile_pairs(kb, cols);
+    if (Vp == nullptr) Vp = pair_values(it, kb, cols);
     // P (f32, [key][row]) -> (p[j][i], p[j+1][i]) bf16 dwords, [pairs][BQ], unless the softmax
     // already stored it so.
     auto* Pp = reinterpret_cast<std::uint32_t*>(it.Pp);

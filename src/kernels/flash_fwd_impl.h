@@ -235,6 +235,14 @@ struct Item {
     keys = visible_keys(p, s, t.q_begin, t.q_end);
     k_row_bytes = p.k_stride[3] == 1 ? esz * std::size_t(D) : 0;
     v_row_bytes = p.v_stride[3] == 1 ? esz * std::size_t(Dv) : 0;
+    if (p.v_pairs != nullptr && p.v_pair_ld == DvP)
+      vpairs = p.v_pairs + (kvh * p.v_pair_rows + value_pair_base(p, t.b)) * DvP;
+  }
+  // The call's value pairs of keys [kb, kb + cols), when they are the tile's own: an even start,
+  // and an odd end only at the sequence's last key (its pair's zero half), as per-tile pairing has.
+  const std::uint32_t* tile_pairs(std::int64_t kb, std::int64_t cols) const {
+    if (vpairs == nullptr || kb % 2 != 0 || (cols % 2 != 0 && kb + cols != s.len_k)) return nullptr;
+    return vpairs + kb / 2 * DvP;
   }
   // Query vectors [lo, hi) of the item holding a row that sees one of keys [k0, k1] (causal and
   // window bounds; masks are applied later), as [lo, hi) in *lo, *hi.
@@ -265,10 +273,17 @@ struct Item {
     const std::int64_t next_kb = kb + BK, next_cols = keys.end - next_kb < BK ? keys.end - next_kb : BK;
     if (j >= next_cols) return;  // also when there is no next tile (next_cols <= 0)
     const std::int64_t n = j + nk < next_cols ? j + nk : next_cols;
+    const std::uint32_t* next_pairs = tile_pairs(next_kb, next_cols);
     for (std::int64_t r = j; r < n; ++r) {
       const char* kr = key_tile(next_kb) + esz * std::size_t(r * p.k_stride[1]);
-      const char* vr = value_tile(next_kb) + esz * std::size_t(r * p.v_stride[1]);
       for (std::size_t b = 0; b < k_row_bytes; b += 64) __builtin_prefetch(kr + b, 0, 2);
+      if (next_pairs != nullptr) {  // a pair row per two keys, twice a V row's bytes
+        const auto* pr = reinterpret_cast<const char*>(next_pairs + r / 2 * DvP);
+        if (r % 2 == 0)
+          for (std::size_t b = 0; b < 2 * v_row_bytes; b += 64) __builtin_prefetch(pr + b, 0, 2);
+        continue;
+      }
+      const char* vr = value_tile(next_kb) + esz * std::size_t(r * p.v_stride[1]);
       for (std::size_t b = 0; b < v_row_bytes; b += 64) __builtin_prefetch(vr + b, 0, 2);
     }
   }
@@ -286,6 +301,7 @@ struct Item {
   bool p_paired = false;  // the softmax stores P as the dot policy's bf16 key pairs (Bf16Dot::store_p)
   KeyRange keys;  // the keys the item's rows see (causal, window)
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
+  const std::uint32_t* vpairs = nullptr;           // this sequence and KV head's value pairs, if made
 };
 
 // Sᵀ rows [j0, j0 + NK) of the tile through a dot policy's hooks (keys past cols: the last key
