@@ -93,6 +93,19 @@ struct Bf16Dot {
     const AttentionParams& p = it.p;
     auto* Qp = reinterpret_cast<std::uint32_t*>(it.Qt);
     const std::int64_t Dp = (it.D + 1) / 2;
+    // Rows of unit stride and even length: each pair is one dword, gathered 16 rows at a time
+    // (gather_rows).
+    if (p.q_stride[3] == 1 && it.D % 2 == 0 && p.q_stride[1] < kMaxGatherStride) {
+      const auto* base = reinterpret_cast<const std::uint16_t*>(it.qbase);
+      for (std::int64_t v = 0; v < QV; ++v) {
+        const __m512i idx = gather_rows(p.q_stride[1], v);
+        const __mmask16 m = rows_in(it, v);
+        for (std::int64_t dp = 0; dp < Dp; ++dp)
+          _mm512_storeu_si512(Qp + dp * BQ + v * N,
+                              _mm512_mask_i32gather_epi32(_mm512_setzero_si512(), m, idx, base + 2 * dp, 2));
+      }
+      return;
+    }
     std::uint16_t row[kFlashMaxDim + 1];
     for (std::int64_t r = 0; r < BQ; ++r) {
       if (r < it.rows) {
