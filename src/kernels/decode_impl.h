@@ -27,12 +27,13 @@
 // bf16 there (int8 reads half the bytes, which MQA does not wait on).
 //
 // What bounds it now (Zen 4, 2 threads): 32/32 streams the cache at ~38 GB/s, at or above the
-// measured read ceiling; 32/8 reads 20-24 GB/s. Each tile's 4-key score steps prefetch the same
-// rows of the next tile into L2 (K and V, all heads: 16 KB per step at 8 heads × 128): the K
-// loads of the score step had been the largest stall (77 % of its samples). Side by side, 32/8
-// bf16 batch 8: 13420 µs without, 12275 prefetching into L1 (whose fill buffers then stall the
-// prefetches themselves), 10777 into L2; two tiles ahead 3 % slower than one (prefetching 4 rows
-// ahead within the tile had measured 10 % slower). The item's fixed work is vectorized (q to bf16, O back to natural
+// measured read ceiling; 32/8 reads 27-30 GB/s. Each (4-key score step, head) prefetches that
+// head's part of the same rows of the next tile into L2 (K and V: 2 KB at 128 dims): the K loads
+// of the score step had been the largest stall (77 % of its samples). Side by side, 32/8 bf16
+// batch 8: 13420 µs without, 12275 prefetching whole rows into L1 (whose fill buffers then stall
+// the prefetches themselves), 10777 into L2, 8157 into L2 a head at a time, so that the misses
+// asked for at once stay few; two tiles ahead was 3 % slower than one, and 4 rows ahead within
+// the tile 10 % slower (and no faster on top of the next tile's). The item's fixed work is vectorized (q to bf16, O back to natural
 // order, no divisions per row): it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including decode_impl.h"
@@ -627,13 +628,14 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       for (std::int64_t i = 0; i < p.nq; ++i)
         for (std::int64_t j = 0; j < G; ++j, ++r) rel[r] = L - p.nq + i + 1 - t0;
     for (std::int64_t t = 0; t < nt; t += 4) {
-      // The same 4 rows of the next tile, into L2, a tile's math ahead of their use (essay).
-      for (std::int64_t i = t; i < std::min(t + 4, nt_next); ++i)
-        for (std::size_t b = 0; b < row_bytes; b += 64) {
-          __builtin_prefetch(knext[i] + b, 0, 2);
-          __builtin_prefetch(vnext[i] + b, 0, 2);
-        }
       for (std::int64_t g = 0; g < p.hkv; ++g) {
+        // Head g of the same 4 rows of the next tile, into L2, a tile's math ahead of their use
+        // (essay); spread over the heads so that a few misses are asked for at a time.
+        for (std::int64_t i = t; i < std::min(t + 4, nt_next); ++i)
+          for (std::size_t b = g * hb; b < (g + 1) * hb; b += 64) {
+            __builtin_prefetch(knext[i] + b, 0, 2);
+            __builtin_prefetch(vnext[i] + b, 0, 2);
+          }
         Scratch w = all;
         w.q = all.q + g * R * ld;
         w.qb = all.qb + g * R * ld;
