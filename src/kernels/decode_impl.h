@@ -32,8 +32,8 @@
 // of the score step had been the largest stall (77 % of its samples). Side by side, 32/8 bf16
 // batch 8: 13420 µs without, 12275 prefetching whole rows into L1 (whose fill buffers then stall
 // the prefetches themselves), 10777 into L2, 8157 into L2 a head at a time, so that the misses
-// asked for at once stay few; two tiles ahead was 3 % slower than one, and 4 rows ahead within
-// the tile 10 % slower (and no faster on top of the next tile's). The item's fixed work is vectorized (q to bf16, O back to natural
+// asked for at once stay few; two tiles ahead was 3 % slower than one. On top, each step asks
+// for the next step's K (and each V pair the next pair) of the same head into L1: 8250 -> 7840. The item's fixed work is vectorized (q to bf16, O back to natural
 // order, no divisions per row): it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including decode_impl.h"
@@ -636,6 +636,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
             __builtin_prefetch(knext[i] + b, 0, 2);
             __builtin_prefetch(vnext[i] + b, 0, 2);
           }
+        for (std::int64_t i = t + 4; i < std::min(t + 8, nt); ++i)
+          for (std::size_t b = g * hb; b < (g + 1) * hb; b += 64) __builtin_prefetch(kbase[i] + b, 0, 3);
         Scratch w = all;
         w.q = all.q + g * R * ld;
         w.qb = all.qb + g * R * ld;
@@ -666,9 +668,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     if constexpr (kDot<DT>) {  // V as key pairs, [head][pair][ld·2]
       auto* stage = reinterpret_cast<std::uint16_t*>(stage_v);
       for (std::int64_t t = 0; t < nt; t += 2)
-        for (std::int64_t g = 0; g < p.hkv; ++g)
+        for (std::int64_t g = 0; g < p.hkv; ++g) {
+          for (std::int64_t i = t + 2; i < std::min(t + 4, nt); ++i)  // the next pair's rows, into L1
+            for (std::size_t b = g * hb; b < (g + 1) * hb; b += 64) __builtin_prefetch(vbase[i] + b, 0, 3);
           stage_pair<DT>(vbase[t] + g * hb, t + 1 < nt ? vbase[t + 1] + g * hb : nullptr, d, ld,
-                     stage + (g * (T / 2) + t / 2) * ld * 2);
+                         stage + (g * (T / 2) + t / 2) * ld * 2);
+        }
     } else
 #endif
     {
