@@ -18,13 +18,13 @@
 // cache byte, which is what bounds GQA groups of 4 and more.
 // int8 caches dot in integers there: K and V rows widen to int16 (one vpmovsxbw per 32 elements,
 // where widening to bf16 took seven instructions), q is quantized to int16 per row (scale max|q| /
-// 32767) and P to int16 per row and tile (scale max P / 32767); vpmaddwd + vpaddd sum exact int32
-// (vpdpwssd measured no faster on Zen 4) and the scales apply once per score and per tile of O.
+// 32767) and P to int16 per row and tile (scale max P / 32767); vpdpwssd sums exact int32 and
+// the scales apply once per score and per tile of O.
 // Both quantizations err less than bf16 rounding does, so the naive bf16 path stays their yardstick.
 // Side by side on one Zen 4 thread (context 4096, bf16-widening int8 against this): 32/8 int8
-// 1356 -> 1271 µs at batch 1, 11143 -> 10462 at batch 8, 7-8 % under bf16's time; 32/1 is bound
-// by the dot rate, 32 multiply-adds per instruction in bf16 and int16 alike, so int8 only ties
-// bf16 there (int8 reads half the bytes, which MQA does not wait on).
+// 1356 -> 1271 µs at batch 1, 11143 -> 10462 at batch 8, under bf16's time; 32/1 is bound by the
+// dot rate, 32 multiply-adds per instruction in bf16 and int16 alike, so int8 at best ties bf16
+// there (int8 reads half the bytes, which MQA does not wait on, and adds q and P quantization).
 //
 // What bounds it now (Zen 4, 2 threads): 32/32 streams the cache at ~38 GB/s, at or above the
 // measured read ceiling; 32/8 reads 27-30 GB/s. Each (4-key score step, head) prefetches that
@@ -71,7 +71,7 @@ template <int DT>
 constexpr bool kDot = false;
 #endif
 template <int DT>
-constexpr bool kIntDot = kDot<DT> && DT == kI8;  // int8 caches dot in int16 (vpmaddwd)
+constexpr bool kIntDot = kDot<DT> && DT == kI8;  // int8 caches dot in int16 (vpdpwssd)
 
 template <int DT>
 Vec::T load_vec(const void* row, std::int64_t e) {
@@ -143,7 +143,7 @@ struct Scratch {
   float* q;           // [R][ld]
   std::uint16_t* qb;  // [R][ld] q rounded to bf16, zero past d (kDot)
   float* s;           // [R][T] scores, then probabilities (times the V scale for int8)
-  std::uint32_t* pb;  // [R][T/2] probabilities as bf16 pairs (kDot)
+  std::uint32_t* pb;  // probabilities as bf16 pairs (kDot): [R][T/2], or [T/2][R] (pb_pair_stride R)
   float* o;           // [R][ld]
   float* m;           // [R] running max
   float* l;           // [R] running sum
@@ -151,6 +151,7 @@ struct Scratch {
   float* qscale;      // [R] int8 cache: q = qscale · the int16 row in qb
   float* pscale;      // [R] int8 cache: this tile's P = pscale · the int16 pairs in pb
   std::int64_t ld;    // row stride of q, qb and o
+  std::int64_t pb_row_stride = T / 2, pb_pair_stride = 1;
 };
 
 // Scores of rows [r0, r0 + rb) against keys t .. t + 3 (rows k[0..4)): s[r][t + i] = q_r · k_i,
@@ -212,9 +213,9 @@ inline __m512i load_i8_chunk(const void* row, std::int64_t e, std::int64_t d) {
   return _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, static_cast<const std::int8_t*>(row) + e));
 }
 
-// The dot-product accumulators: f32 for bf16 pairs (vdpbf16ps), int32 for int16 pairs (int8 caches;
-// vpmaddwd + vpaddd, which measured 1.5x the rate of vpdpwssd on Zen 4). Both sums are exact per
-// instruction; int32 ones cannot overflow (see pv_dot).
+// The dot-product accumulators: f32 for bf16 pairs (vdpbf16ps), int32 for int16 pairs (int8 caches,
+// vpdpwssd; on Zen 4 both retire one per cycle, and vpmaddwd + vpaddd one pair per 1.1 cycles).
+// Both sums are exact per instruction; int32 ones cannot overflow (see pv_dot).
 template <int DT>
 struct DotAccOf {
   using type = __m512;
@@ -230,7 +231,7 @@ struct DotAccOf<kI16> {
 template <int DT>
 using DotAcc = typename DotAccOf<DT>::type;
 inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
-inline __m512i dot_pairs(__m512i acc, __m512i a, __m512i b) { return _mm512_add_epi32(_mm512_madd_epi16(a, b), acc); }
+inline __m512i dot_pairs(__m512i acc, __m512i a, __m512i b) { return _mm512_dpwssd_epi32(acc, a, b); }
 inline __m512 as_f32(__m512 x) { return x; }
 inline __m512 as_f32(__m512i x) { return _mm512_cvtepi32_ps(x); }
 // out[0..4) = the sums of a, b, c, d (Vec::hsum4's shuffles); int32 ones are summed exactly (a score
@@ -251,7 +252,7 @@ __m512i load_dot_chunk(const void* row, std::int64_t e, std::int64_t d) {
   return load_bf16_chunk(row, e, d);
 }
 
-// score_quad for kDot: 32 elements per vdpbf16ps (bf16) or vpmaddwd (int8 widened to int16, q as
+// score_quad for kDot: 32 elements per vdpbf16ps (bf16) or vpdpwssd (int8 widened to int16, q as
 // int16), K rows dotted in place.
 template <int DT, int rb>
 void score_quad_dot(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
@@ -301,7 +302,7 @@ void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::
       const __m512i vlo = _mm512_loadu_si512(vs), vhi = _mm512_loadu_si512(vs + 32);
 #pragma GCC unroll 4
       for (int r = 0; r < rb; ++r) {
-        const __m512i pp = _mm512_set1_epi32(int(w.pb[(r0 + r) * (T / 2) + tp]));
+        const __m512i pp = _mm512_set1_epi32(int(w.pb[(r0 + r) * w.pb_row_stride + tp * w.pb_pair_stride]));
         lo[r] = dot_pairs(lo[r], pp, vlo);
         hi[r] = dot_pairs(hi[r], pp, vhi);
       }
@@ -317,6 +318,136 @@ void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::
         _mm512_storeu_ps(o, lo[r]);
         _mm512_storeu_ps(o + 16, hi[r]);
       }
+    }
+  }
+}
+
+// Groups of 16 or more rows per KV head (MQA, wide GQA, speculative steps) take the forward
+// kernel's layout instead: scores Sᵀ[t][r] with lanes along the group's rows, from Qᵀ packed once
+// per item as pairs (q[r][2i], q[r][2i+1]) and each key's pairs broadcast from its row, so no
+// horizontal sums (hsum4 was 13 instructions per 4 scores); the online softmax then runs lane-wise
+// over 16 rows at a time (max, exp and sums across key vectors, no per-row reductions), and writes
+// P as [pair][row] dwords for pv_dot. 32/1, context 4096, one Zen 4 thread, side by side: bf16
+// batch 8 4734 -> 3952 µs, batch 1 549 -> 461; int8 batch 8 5342 -> 4381 (3939 with vpdpwssd in
+// place of vpmaddwd + vpaddd).
+
+inline std::uint32_t dword_at(const std::uint16_t* p) {
+  std::uint32_t x;
+  std::memcpy(&x, p, sizeof x);
+  return x;
+}
+
+// Qᵀ of one group's rows as pairs: qt[i·R + r] = (qb[r][2i], qb[r][2i+1]), once per item.
+inline void pack_rows_q(const std::uint16_t* qb, std::int64_t R, std::int64_t ld, std::uint32_t* qt) {
+  for (std::int64_t r = 0; r < R; ++r)
+    for (std::int64_t i = 0; i < ld / 2; ++i) qt[i * R + r] = dword_at(qb + r * ld + 2 * i);
+}
+
+// Sᵀ[t + k][rows 16·rv0 .. 16·(rv0 + RV)) for the 4 keys k[0..4) (bf16 rows in place, or int16
+// rows widened from int8 when DT is kI16): a key's pair is one broadcast dword, and only the d
+// elements of a row are read (an odd d's last pair is the element and a zero).
+template <int DT, int RV>
+void score_rows(const std::uint32_t* qt, std::int64_t R, std::int64_t d, const void* const* k, float* st,
+                std::int64_t t, std::int64_t rv0) {
+  DotAcc<DT> acc[4][RV];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i)
+#pragma GCC unroll 2
+    for (int v = 0; v < RV; ++v) acc[i][v] = DotAcc<DT>{};
+  const std::uint16_t* kr[4];
+  for (int i = 0; i < 4; ++i) kr[i] = static_cast<const std::uint16_t*>(k[i]);
+  const auto step = [&](std::int64_t i, const std::uint32_t* pairs) {
+    __m512i qv[RV];
+#pragma GCC unroll 2
+    for (int v = 0; v < RV; ++v) qv[v] = _mm512_loadu_si512(qt + i * R + (rv0 + v) * 16);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i kb = _mm512_set1_epi32(int(pairs[j]));
+#pragma GCC unroll 2
+      for (int v = 0; v < RV; ++v) acc[j][v] = dot_pairs(acc[j][v], qv[v], kb);
+    }
+  };
+  std::uint32_t pairs[4];
+  for (std::int64_t i = 0; i < d / 2; ++i) {
+    for (int j = 0; j < 4; ++j) pairs[j] = dword_at(kr[j] + 2 * i);
+    step(i, pairs);
+  }
+  if (d % 2 != 0) {
+    for (int j = 0; j < 4; ++j) pairs[j] = kr[j][d - 1];
+    step(d / 2, pairs);
+  }
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j)
+#pragma GCC unroll 2
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(st + (t + j) * R + (rv0 + v) * 16, as_f32(acc[j][v]));
+}
+
+// softmax_tile over one group with lanes along its rows: st [T][R] holds the tile's scores; P goes
+// to w.pb as [T/2][R] pairs (bf16, or int16 on a per-row scale for int8 caches, as
+// pack_probabilities_i16), and m, l, alpha (and pscale) of the rows are updated. Same rules as
+// softmax_tile: a row whose visible score is not finite gets l = NaN (the merge writes NaN); O is
+// kept normalized (P divided by the new sum, max(1, l) so that rows with nothing visible keep 0).
+template <int DT>
+void softmax_rows(const Scratch& w, std::int64_t R, const float* st, std::int64_t nt, const float* kscale,
+                  const float* vscale, float scale, const std::int64_t* limit, const float* row_scale) {
+  const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f), neg_inf = _mm512_set1_ps(kNegInf);
+  for (std::int64_t r0 = 0; r0 < R; r0 += 16) {
+    const __m512 rs = row_scale != nullptr ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_loadu_ps(row_scale + r0))
+                                           : _mm512_set1_ps(scale);
+    // Keys a row sees in this tile: [0, min(nt, limit)).
+    alignas(64) std::int32_t vis[16];
+    for (int i = 0; i < 16; ++i) vis[i] = int(std::min<std::int64_t>(nt, std::max<std::int64_t>(limit[r0 + i], 0)));
+    const __m512i visible = _mm512_load_si512(vis);
+    float* x = const_cast<float*>(st);  // scores become probabilities in place
+    __m512 mx = neg_inf, bad = zero;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const __mmask16 in = _mm512_cmpgt_epi32_mask(visible, _mm512_set1_epi32(int(t)));
+      __m512 v = _mm512_mul_ps(_mm512_loadu_ps(st + t * R + r0), _mm512_mul_ps(rs, _mm512_set1_ps(kscale[t])));
+      bad = _mm512_mask_add_ps(bad, in, bad, _mm512_mul_ps(v, zero));
+      v = _mm512_mask_blend_ps(in, neg_inf, v);
+      _mm512_storeu_ps(x + t * R + r0, v);
+      mx = _mm512_max_ps(mx, v);
+    }
+    const __m512 m_old = _mm512_loadu_ps(w.m + r0);
+    const __m512 m_new = _mm512_max_ps(m_old, mx);
+    const __m512 m_safe = Vec::zero_if_neg_inf(m_new);
+    __m512 sum = bad;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const __m512 e = exp(_mm512_sub_ps(_mm512_loadu_ps(x + t * R + r0), m_safe));
+      _mm512_storeu_ps(x + t * R + r0, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    const __m512 a = exp(_mm512_sub_ps(m_old, m_safe));
+    const __m512 l_old = _mm512_loadu_ps(w.l + r0);
+    const __m512 l_new = _mm512_fmadd_ps(l_old, a, sum);
+    const __m512 inv = _mm512_div_ps(one, _mm512_max_ps(one, l_new));
+    _mm512_storeu_ps(w.alpha + r0, _mm512_mul_ps(_mm512_mul_ps(a, l_old), inv));
+    _mm512_storeu_ps(w.l + r0, l_new);
+    _mm512_storeu_ps(w.m + r0, m_new);
+    // P · vscale / l as pairs [T/2][R].
+    __m512 pmax = zero;
+    for (std::int64_t t = 0; t < T; ++t) {
+      const __m512 pv = _mm512_mul_ps(_mm512_loadu_ps(x + t * R + r0), _mm512_mul_ps(inv, _mm512_set1_ps(vscale[t])));
+      _mm512_storeu_ps(x + t * R + r0, pv);
+      pmax = _mm512_max_ps(pmax, pv);
+    }
+    __m512 q = one;
+    if constexpr (DT == kI8) {
+      const __mmask16 pos = _mm512_cmp_ps_mask(pmax, zero, _CMP_GT_OQ);
+      q = _mm512_maskz_div_ps(pos, _mm512_set1_ps(32767.f), pmax);
+      _mm512_storeu_ps(w.pscale + r0, _mm512_maskz_div_ps(pos, pmax, _mm512_set1_ps(32767.f)));
+    }
+    for (std::int64_t tp = 0; tp < T / 2; ++tp) {
+      const __m512 e0 = _mm512_loadu_ps(x + 2 * tp * R + r0), e1 = _mm512_loadu_ps(x + (2 * tp + 1) * R + r0);
+      __m512i pair;
+      if constexpr (DT == kI8) {
+        const __m512i lo = _mm512_and_si512(_mm512_cvtps_epi32(_mm512_mul_ps(e0, q)), _mm512_set1_epi32(0xffff));
+        pair = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(e1, q)), 16));
+      } else {
+        const auto bf16_lanes = [](__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); };
+        pair = _mm512_or_si512(bf16_lanes(e0), _mm512_slli_epi32(bf16_lanes(e1), 16));
+      }
+      _mm512_storeu_si512(w.pb + tp * R + r0, pair);
     }
   }
 }
@@ -604,6 +735,14 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         all.l[r] = 0;
       }
   std::fill(all.o, all.o + HR * ld, 0.f);
+  // Groups of 16 rows or more: rows as lanes (score_rows), Qᵀ pairs in the f32 q rows' place.
+  constexpr bool kCanLane = kDot<DT>;
+  const bool lanes = kCanLane && R % 16 == 0;
+#if defined(__AVX512BF16__)
+  auto* qt = reinterpret_cast<std::uint32_t*>(all.q);
+  if (lanes)
+    for (std::int64_t g = 0; g < p.hkv; ++g) pack_rows_q(all.qb + g * R * ld, R, ld, qt + g * R * ld / 2);
+#endif
 
   const std::int32_t* table = p.tables + std::int64_t(p.seqs[it.b]) * p.blocks_per_seq;
   const std::size_t row_bytes = std::size_t(p.hkv * d) * elem_bytes(DT), hb = std::size_t(d) * elem_bytes(DT);
@@ -645,12 +784,23 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         const void* k[4];
         for (int i = 0; i < 4; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hb;
 #if defined(__AVX512BF16__)
-        if (kIntDot<DT> && R > SRB) {  // widen once for all row blocks
-          alignas(64) std::int16_t kw[4][decode_ld(kMaxHeadDim)];
+        alignas(64) std::int16_t kw[4][decode_ld(kMaxHeadDim)];
+        if (kIntDot<DT> && R > SRB)  // int8 keys widened once for all row blocks
           for (int i = 0; i < 4; ++i) {
             for (std::int64_t e = 0; e < ld; e += 32) _mm512_store_si512(kw[i] + e, load_i8_chunk(k[i], e, d));
             k[i] = kw[i];
           }
+        if constexpr (kCanLane) {
+          if (lanes) {
+            constexpr int KT = kIntDot<DT> ? kI16 : kBf16;
+            const std::uint32_t* q = qt + g * R * ld / 2;
+            std::int64_t rv = 0;
+            for (; rv + 2 <= R / 16; rv += 2) score_rows<KT, 2>(q, R, d, k, w.s, t, rv);
+            if (rv < R / 16) score_rows<KT, 1>(q, R, d, k, w.s, t, rv);
+            continue;
+          }
+        }
+        if (kIntDot<DT> && R > SRB) {
           for_row_blocks<SRB>(
               R, [&](std::int64_t r0, auto rb) { score_quad_dot<kI16, decltype(rb)::value>(w, d, r0, k, t); });
           continue;
@@ -681,13 +831,29 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         for (std::int64_t g = 0; g < p.hkv; ++g)
           copy_bytes(stage_v + std::size_t(g * T + t) * hb, vbase[t] + g * hb, hb);
     }
-    softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntDot<DT> ? all.qscale : nullptr);
 #if defined(__AVX512BF16__)
-    if constexpr (kIntDot<DT>)
-      pack_probabilities_i16(all, HR);
-    else if constexpr (kDot<DT>)
-      pack_probabilities(all, HR);
+    if (lanes) {
+      for (std::int64_t g = 0; g < p.hkv; ++g) {
+        Scratch w = all;
+        w.pb = all.pb + g * R * (T / 2);
+        w.m = all.m + g * R;
+        w.l = all.l + g * R;
+        w.alpha = all.alpha + g * R;
+        w.pscale = all.pscale + g * R;
+        softmax_rows<DT>(w, R, all.s + g * R * T, nt, kscale + g * T, vscale + g * T, p.scale, rel + g * R,
+                         kIntDot<DT> ? all.qscale + g * R : nullptr);
+      }
+    } else
 #endif
+    {
+      softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntDot<DT> ? all.qscale : nullptr);
+#if defined(__AVX512BF16__)
+      if constexpr (kIntDot<DT>)
+        pack_probabilities_i16(all, HR);
+      else if constexpr (kDot<DT>)
+        pack_probabilities(all, HR);
+#endif
+    }
     for (std::int64_t g = 0; g < p.hkv; ++g) {
       Scratch w = all;
       w.s = all.s + g * R * T;
@@ -695,6 +861,10 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       w.o = all.o + g * R * ld;
       w.alpha = all.alpha + g * R;
       w.pscale = all.pscale + g * R;
+      if (lanes) {  // P as [pair][row]
+        w.pb_row_stride = 1;
+        w.pb_pair_stride = R;
+      }
 #if defined(__AVX512BF16__)
       if constexpr (kDot<DT>) {
         const auto* stage = reinterpret_cast<const std::uint16_t*>(stage_v) + g * (T / 2) * ld * 2;

@@ -25,7 +25,9 @@ bool cpu_has(Isa isa) {
     case Isa::avx512:
       return cpu_has(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-    case Isa::avx512bf16: return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16");
+    case Isa::avx512bf16:  // every CPU with AVX-512 BF16 (Cooper Lake, Zen 4 and later) has VNNI
+      return cpu_has(Isa::avx512) && __builtin_cpu_supports("avx512bf16") &&
+             __builtin_cpu_supports("avx512vnni");
   }
   return false;
 }
