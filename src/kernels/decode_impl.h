@@ -27,7 +27,7 @@
 // there (int8 reads half the bytes, which MQA does not wait on, and adds q and P quantization).
 //
 // What bounds it now (Zen 4, 2 threads): 32/32 streams the cache at ~38 GB/s, at or above the
-// measured read ceiling; 32/8 reads 27-30 GB/s. Each (4-key score step, head) prefetches that
+// measured read ceiling; 32/8 reads 24-32 GB/s. Each (4-key score step, head) prefetches that
 // head's part of the same rows of the next tile into L2 (K and V: 2 KB at 128 dims): the K loads
 // of the score step had been the largest stall (77 % of its samples). Side by side, 32/8 bf16
 // batch 8: 13420 µs without, 12275 prefetching whole rows into L1 (whose fill buffers then stall
