@@ -33,8 +33,9 @@
 // batch 8: 13420 µs without, 12275 prefetching whole rows into L1 (whose fill buffers then stall
 // the prefetches themselves), 10777 into L2, 8157 into L2 a head at a time, so that the misses
 // asked for at once stay few; two tiles ahead was 3 % slower than one. On top, each step asks
-// for the next step's K (and each V pair the next pair) of the same head into L1: 8250 -> 7840. The item's fixed work is vectorized (q to bf16, O back to natural
-// order, no divisions per row): it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
+// for the next step's K (and each V pair the next pair) of the same head into L1: 8250 -> 7840.
+// The item's fixed work is vectorized (q to bf16, O back to natural order, no divisions per row):
+// it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including decode_impl.h"
 #endif
@@ -46,8 +47,8 @@
 #include <type_traits>
 
 #include "kernels/decode.h"
-#include "mha/attention.h"
 #include "kernels/simd.h"
+#include "mha/attention.h"
 #include "runtime/dtype_convert.h"
 
 namespace mha::detail::MHA_KERNEL_NS {
@@ -201,6 +202,8 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
 }
 
 #if defined(__AVX512BF16__)
+#include "kernels/bf16_pairs.h"
+
 // Lanes [0, d - e) of 32 bf16 at row + e, zero past them (never read).
 inline __m512i load_bf16_chunk(const void* row, std::int64_t e, std::int64_t d) {
   const __mmask32 m = d - e >= 32 ? ~__mmask32(0) : __mmask32((1u << (d - e)) - 1u);
@@ -331,16 +334,10 @@ void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::
 // batch 8 4734 -> 3952 µs, batch 1 549 -> 461; int8 batch 8 5342 -> 4381 (3939 with vpdpwssd in
 // place of vpmaddwd + vpaddd).
 
-inline std::uint32_t dword_at(const std::uint16_t* p) {
-  std::uint32_t x;
-  std::memcpy(&x, p, sizeof x);
-  return x;
-}
-
 // Qᵀ of one group's rows as pairs: qt[i·R + r] = (qb[r][2i], qb[r][2i+1]), once per item.
 inline void pack_rows_q(const std::uint16_t* qb, std::int64_t R, std::int64_t ld, std::uint32_t* qt) {
   for (std::int64_t r = 0; r < R; ++r)
-    for (std::int64_t i = 0; i < ld / 2; ++i) qt[i * R + r] = dword_at(qb + r * ld + 2 * i);
+    for (std::int64_t i = 0; i < ld / 2; ++i) qt[i * R + r] = load_pair(qb + r * ld + 2 * i);
 }
 
 // Sᵀ[t + k][rows 16·rv0 .. 16·(rv0 + RV)) for the 4 keys k[0..4) (bf16 rows in place, or int16
@@ -369,7 +366,7 @@ void score_rows(const std::uint32_t* qt, std::int64_t R, std::int64_t d, const v
   };
   std::uint32_t pairs[4];
   for (std::int64_t i = 0; i < d / 2; ++i) {
-    for (int j = 0; j < 4; ++j) pairs[j] = dword_at(kr[j] + 2 * i);
+    for (int j = 0; j < 4; ++j) pairs[j] = load_pair(kr[j] + 2 * i);
     step(i, pairs);
   }
   if (d % 2 != 0) {
@@ -444,8 +441,7 @@ void softmax_rows(const Scratch& w, std::int64_t R, const float* st, std::int64_
         const __m512i lo = _mm512_and_si512(_mm512_cvtps_epi32(_mm512_mul_ps(e0, q)), _mm512_set1_epi32(0xffff));
         pair = _mm512_or_si512(lo, _mm512_slli_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(e1, q)), 16));
       } else {
-        const auto bf16_lanes = [](__m512 x) { return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(x)); };
-        pair = _mm512_or_si512(bf16_lanes(e0), _mm512_slli_epi32(bf16_lanes(e1), 16));
+        pair = _mm512_or_si512(bf16_low(e0), _mm512_slli_epi32(bf16_low(e1), 16));
       }
       _mm512_storeu_si512(w.pb + tp * R + r0, pair);
     }
@@ -491,12 +487,9 @@ inline void pack_probabilities_i16(const Scratch& w, std::int64_t rows) {
 // below bf16's rounding for all but elements far under the row's max), zero past d. A row with a
 // non-finite element gets a NaN scale: its scores are NaN and the row is poisoned, as with f32 q.
 inline void quantize_row_i16(const float* q, std::int64_t d, std::int64_t ld, std::uint16_t* dst, float* scale) {
-  const auto mask = [&](std::int64_t e) {
-    return d - e >= 16 ? __mmask16(0xffff) : d - e <= 0 ? __mmask16(0) : __mmask16((1u << (d - e)) - 1u);
-  };
   __m512 mx = _mm512_setzero_ps(), bad = _mm512_setzero_ps();  // bad: NaN once an element is not finite
   for (std::int64_t e = 0; e < d; e += 16) {
-    const __m512 x = _mm512_maskz_loadu_ps(mask(e), q + e);
+    const __m512 x = _mm512_maskz_loadu_ps(first_lanes(d - e), q + e);
     mx = _mm512_max_ps(mx, _mm512_abs_ps(x));
     bad = _mm512_fmadd_ps(x, _mm512_setzero_ps(), bad);
   }
@@ -504,7 +497,7 @@ inline void quantize_row_i16(const float* q, std::int64_t d, std::int64_t ld, st
   const bool finite = !__builtin_isnan(_mm512_reduce_add_ps(bad));
   const __m512 inv = _mm512_set1_ps(finite && m > 0.f ? 32767.f / m : 0.f);
   for (std::int64_t e = 0; e < ld; e += 16) {  // round to nearest even (MXCSR's default)
-    const __m512 x = _mm512_maskz_loadu_ps(mask(e), q + e);
+    const __m512 x = _mm512_maskz_loadu_ps(first_lanes(d - e), q + e);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + e),
                         _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(x, inv))));
   }
@@ -516,8 +509,7 @@ inline void quantize_row_i16(const float* q, std::int64_t d, std::int64_t ld, st
 inline void round_row_bf16(const float* q, std::int64_t d, std::int64_t ld, std::uint16_t* dst) {
   const __m512i nan_bits = _mm512_set1_epi32(0x7f800000), abs_mask = _mm512_set1_epi32(0x7fffffff);
   for (std::int64_t e = 0; e < ld; e += 16) {
-    const __mmask16 m = d - e >= 16 ? __mmask16(0xffff) : d - e <= 0 ? __mmask16(0) : __mmask16((1u << (d - e)) - 1u);
-    const __m512i x = _mm512_maskz_loadu_epi32(m, q + e);
+    const __m512i x = _mm512_maskz_loadu_epi32(first_lanes(d - e), q + e);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(x, 16), _mm512_set1_epi32(1));
     __m512i r = _mm512_srli_epi32(_mm512_add_epi32(x, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7fff))), 16);
     const __mmask16 nan = _mm512_cmpgt_epu32_mask(_mm512_and_si512(x, abs_mask), nan_bits);
@@ -534,11 +526,8 @@ inline void unpermute_row(const float* o, std::int64_t d, float* out) {
   const __m512i i0 = _mm512_load_si512(idx), i1 = _mm512_load_si512(idx + 16);
   for (std::int64_t e = 0; e < d; e += 32) {
     const __m512 lo = _mm512_loadu_ps(o + e), hi = _mm512_loadu_ps(o + e + 16);
-    const auto mask = [&](std::int64_t at) {
-      return d - at >= 16 ? __mmask16(0xffff) : d - at <= 0 ? __mmask16(0) : __mmask16((1u << (d - at)) - 1u);
-    };
-    _mm512_mask_storeu_ps(out + e, mask(e), _mm512_permutex2var_ps(lo, i0, hi));
-    _mm512_mask_storeu_ps(out + e + 16, mask(e + 16), _mm512_permutex2var_ps(lo, i1, hi));
+    _mm512_mask_storeu_ps(out + e, first_lanes(d - e), _mm512_permutex2var_ps(lo, i0, hi));
+    _mm512_mask_storeu_ps(out + e + 16, first_lanes(d - e - 16), _mm512_permutex2var_ps(lo, i1, hi));
   }
 }
 #endif
@@ -736,8 +725,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       }
   std::fill(all.o, all.o + HR * ld, 0.f);
   // Groups of 16 rows or more: rows as lanes (score_rows), Qᵀ pairs in the f32 q rows' place.
-  constexpr bool kCanLane = kDot<DT>;
-  const bool lanes = kCanLane && R % 16 == 0;
+  const bool lanes = kDot<DT> && R % 16 == 0;
 #if defined(__AVX512BF16__)
   auto* qt = reinterpret_cast<std::uint32_t*>(all.q);
   if (lanes)
@@ -790,15 +778,13 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
             for (std::int64_t e = 0; e < ld; e += 32) _mm512_store_si512(kw[i] + e, load_i8_chunk(k[i], e, d));
             k[i] = kw[i];
           }
-        if constexpr (kCanLane) {
-          if (lanes) {
-            constexpr int KT = kIntDot<DT> ? kI16 : kBf16;
-            const std::uint32_t* q = qt + g * R * ld / 2;
-            std::int64_t rv = 0;
-            for (; rv + 2 <= R / 16; rv += 2) score_rows<KT, 2>(q, R, d, k, w.s, t, rv);
-            if (rv < R / 16) score_rows<KT, 1>(q, R, d, k, w.s, t, rv);
-            continue;
-          }
+        if (lanes) {
+          constexpr int KT = kIntDot<DT> ? kI16 : kBf16;
+          const std::uint32_t* q = qt + g * R * ld / 2;
+          std::int64_t rv = 0;
+          for (; rv + 2 <= R / 16; rv += 2) score_rows<KT, 2>(q, R, d, k, w.s, t, rv);
+          if (rv < R / 16) score_rows<KT, 1>(q, R, d, k, w.s, t, rv);
+          continue;
         }
         if (kIntDot<DT> && R > SRB) {
           for_row_blocks<SRB>(

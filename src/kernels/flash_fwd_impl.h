@@ -341,10 +341,7 @@ inline __m512i gather_rows(std::int64_t stride, std::int64_t v) {
   return _mm512_mullo_epi32(r, _mm512_set1_epi32(int(stride)));
 }
 // The lanes of query vector v that hold one of the item's rows (the others load as 0).
-inline __mmask16 rows_in(const Item& it, std::int64_t v) {
-  const std::int64_t left = it.rows - v * N;
-  return left >= N ? __mmask16(0xffff) : left <= 0 ? __mmask16(0) : __mmask16((1u << left) - 1u);
-}
+inline __mmask16 rows_in(const Item& it, std::int64_t v) { return first_lanes(it.rows - v * N); }
 #endif
 
 // f32 multiply-adds: Qᵀ and any non-f32 K/V converted to f32.

@@ -89,6 +89,11 @@ struct Vec {
   }
 };
 
+// Mask of the first n of 16 lanes (n clamped to [0, 16]): the tail of a row that ends mid-vector.
+inline __mmask16 first_lanes(std::int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
+}
+
 #elif defined(__AVX2__)
 
 struct Vec {
