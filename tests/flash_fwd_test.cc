@@ -92,27 +92,33 @@ TEST_P(EveryIsa, KeysOutsideEveryWindowAreNeverRead) {
   for (float x : out) ASSERT_TRUE(std::isfinite(x));
 }
 
+// `x` stored as dtype dt.
+std::vector<std::uint8_t> stored_as(const std::vector<float>& x, DType dt) {
+  std::vector<std::uint8_t> out(x.size() * detail::elem_size(dt));
+  for (std::size_t i = 0; i < x.size(); ++i) detail::store_f32(out.data(), dt, std::int64_t(i), x[i]);
+  return out;
+}
+
 TEST_P(EveryIsa, ValuesPastAWindowEdgeInsideATileAreNeverRead) {
   // Right window 3, no causal: the first 64 rows see keys [0, 67), an odd end inside the second
-  // tile, while key 67 (NaN in V) is visible to every later row. bf16 with 8 query heads per KV
-  // head, so V is paired once per call: the pair (66, 67) must not reach rows 0..63 (0·NaN).
+  // tile, while key 67 (NaN in V) is visible to every later row. 8 query heads per KV head, so V
+  // is packed once per call (bf16 pairs or f32 panels): key 67 must not reach rows 0..63 (0·NaN),
+  // neither through the pair (66, 67) nor through a panel row.
   const std::int64_t N = 128, H = 8, D = 32;
   const auto q32 = check::normal_vector(N * H * D, 10), k32 = check::normal_vector(N * D, 11);
   auto v32 = check::normal_vector(N * D, 12);
   for (std::int64_t d = 0; d < D; ++d) v32[67 * D + d] = std::numeric_limits<float>::quiet_NaN();
-  std::vector<std::uint16_t> q(q32.size()), k(k32.size()), v(v32.size());
-  for (std::size_t i = 0; i < q.size(); ++i) q[i] = detail::f32_to_bf16(q32[i]);
-  for (std::size_t i = 0; i < k.size(); ++i) k[i] = detail::f32_to_bf16(k32[i]);
-  for (std::size_t i = 0; i < v.size(); ++i) v[i] = detail::f32_to_bf16(v32[i]);
-  std::vector<float> out(N * H * D);
-  AttentionOptions opt;
-  opt.window_right = 3;
-  attention(Tensor::bshd(q.data(), DType::bf16, 1, N, H, D), Tensor::bshd(k.data(), DType::bf16, 1, N, 1, D),
-            Tensor::bshd(v.data(), DType::bf16, 1, N, 1, D), Tensor::bshd(out.data(), DType::f32, 1, N, H, D),
-            opt);
-  for (std::int64_t i = 0; i < N * H * D; ++i) {
-    const std::int64_t row = i / (H * D);
-    ASSERT_EQ(std::isnan(out[i]), row >= 64) << "row " << row;
+  for (DType dt : {DType::f32, DType::f16, DType::bf16}) {
+    auto q = stored_as(q32, dt), k = stored_as(k32, dt), v = stored_as(v32, dt);
+    std::vector<float> out(N * H * D);
+    AttentionOptions opt;
+    opt.window_right = 3;
+    attention(Tensor::bshd(q.data(), dt, 1, N, H, D), Tensor::bshd(k.data(), dt, 1, N, 1, D),
+              Tensor::bshd(v.data(), dt, 1, N, 1, D), Tensor::bshd(out.data(), DType::f32, 1, N, H, D), opt);
+    for (std::int64_t i = 0; i < N * H * D; ++i) {
+      const std::int64_t row = i / (H * D);
+      ASSERT_EQ(std::isnan(out[i]), row >= 64) << to_string(dt) << " row " << row;
+    }
   }
 }
 
@@ -128,34 +134,37 @@ TEST_P(EveryIsa, LargeLogitsDoNotOverflow) {
   }
 }
 
-TEST_P(EveryIsa, ValuePairsMadeOncePerCallKeepEveryTileEdge) {
-  // bf16 V is paired once per call when 8 or more items read a KV head (here 8 query heads share
-  // one, MQA): odd sequence starts in the packed batch, window edges that start tiles on odd keys
-  // or end them short of the sequence, and a sequence's odd last key must all read the right pairs.
+TEST_P(EveryIsa, ValuesPackedOncePerCallKeepEveryTileEdge) {
+  // V is packed once per call when 8 or more items read a KV head (here 8 or 16 query heads share
+  // one or two): bf16 pairs for the vdpbf16ps kernel, f32 column panels for the others. Odd
+  // sequence starts in the packed batch, window edges that start tiles on odd keys or end them
+  // short of the sequence, a sequence's odd last key, head dims that leave a narrower last panel
+  // (72, 40, 200: rows padded to a vector) and V in bhsd layout must all read the right values.
   const std::vector<std::int32_t> lq = {67, 130, 5, 1}, lk = {71, 133, 9, 64};
-  for (const check::Case& c : {
-           check::Case{.hq = 8, .hkv = 1, .d = 64, .dtype = DType::bf16, .seqlens_q = lq, .seqlens_k = lk},
-           check::Case{.hq = 8, .hkv = 1, .d = 72, .dtype = DType::bf16, .causal = true, .seqlens_q = lq,
-                       .seqlens_k = lk},
-           check::Case{.hq = 8,
-                       .hkv = 1,
-                       .d = 48,
-                       .dtype = DType::bf16,
-                       .window_left = 13,
-                       .window_right = 3,
-                       .seqlens_q = lq,
-                       .seqlens_k = lk},
-           check::Case{.nq = 77, .nk = 199, .hq = 16, .hkv = 2, .d = 40, .dtype = DType::bf16, .window_left = 70,
-                       .window_right = 0},
-           check::Case{.b = 2, .nq = 129, .nk = 129, .hq = 8, .hkv = 2, .d = 128, .dtype = DType::bf16,
-                       .mask = check::MaskKind::padding},
-       }) {
-    const check::CaseData data(c);
-    const check::Baseline base = check::compute_baseline(c, data);
-    const check::Accuracy a = check::evaluate(c, data, base, GetParam());
-    EXPECT_TRUE(a.pass) << c.shape_string() << " " << c.options_string() << " err " << a.max_err << " naive "
-                        << a.naive_max_err;
-  }
+  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (const check::Case& c : {
+             check::Case{.hq = 8, .hkv = 1, .d = 64, .dtype = dt, .seqlens_q = lq, .seqlens_k = lk},
+             check::Case{.hq = 8, .hkv = 1, .d = 72, .dtype = dt, .causal = true, .seqlens_q = lq, .seqlens_k = lk},
+             check::Case{.hq = 8,
+                         .hkv = 1,
+                         .d = 48,
+                         .dtype = dt,
+                         .window_left = 13,
+                         .window_right = 3,
+                         .seqlens_q = lq,
+                         .seqlens_k = lk},
+             check::Case{.nq = 77, .nk = 199, .hq = 16, .hkv = 2, .d = 40, .dtype = dt, .window_left = 70,
+                         .window_right = 0},
+             check::Case{.b = 2, .nq = 129, .nk = 129, .hq = 8, .hkv = 2, .d = 128, .dtype = dt,
+                         .mask = check::MaskKind::padding},
+             check::Case{.b = 2, .nq = 100, .nk = 150, .hq = 8, .hkv = 1, .d = 96, .dv = 200, .dtype = dt, .bhsd = true},
+         }) {
+      const check::CaseData data(c);
+      const check::Baseline base = check::compute_baseline(c, data);
+      const check::Accuracy a = check::evaluate(c, data, base, GetParam());
+      EXPECT_TRUE(a.pass) << c.shape_string() << " " << c.options_string() << " err " << a.max_err << " naive "
+                          << a.naive_max_err;
+    }
 }
 
 TEST_P(EveryIsa, SameBitsForAnyThreadCount) {

@@ -2,10 +2,11 @@
 // over the thread pool.
 #include <algorithm>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "kernels/flash_fwd.h"
-#include "kernels/value_pairs.h"
+#include "kernels/packed_values.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/thread_pool.h"
 
@@ -39,17 +40,29 @@ std::int64_t item_cost(const AttentionParams& p, const FlashTile& t) {
 
 void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
   AttentionParams p = call;
-  // The vdpbf16ps kernel reads V as key pairs: made once here rather than per item and tile. The
-  // buffer is kept per calling thread up to 64 MiB (steady state allocates nothing); larger calls
-  // hold theirs only while they run.
-  constexpr std::size_t kKeptPairBytes = std::size_t(64) << 20;
-  thread_local AlignedBuffer kept_pairs;
-  AlignedBuffer call_pairs;
-  if (kernel == &avx512bf16::flash_fwd) {
-    constexpr std::int64_t ld = 16;  // the kernel's vector width: rows padded to whole vectors
-    const std::int64_t row = (p.dv + ld - 1) / ld * ld;
-    prepare_value_pairs(p, row, kFlashBlockQ, kept_pairs, kKeptPairBytes);
-    if (p.v_pairs == nullptr) prepare_value_pairs(p, row, kFlashBlockQ, call_pairs, ~std::size_t(0));
+  // V repacked once here rather than per item and tile (packed_values.h): bf16 key pairs for the
+  // vdpbf16ps kernel, f32 column panels of its DB·N columns for the others. The buffer is kept per
+  // calling thread up to 64 MiB (steady state allocates nothing); larger calls hold theirs only
+  // while they run.
+  constexpr std::size_t kKeptBytes = std::size_t(64) << 20;
+  thread_local AlignedBuffer kept;
+  AlignedBuffer held;
+  const auto pack = [&](auto prepare) {
+    prepare(kept, kKeptBytes);
+    if (p.v_pairs == nullptr && p.v_panels == nullptr) prepare(held, ~std::size_t(0));
+  };
+  const auto padded = [&](std::int64_t vec) { return (p.dv + vec - 1) / vec * vec; };
+  if (kernel == &avx512bf16::flash_fwd && p.in_dtype == DType::bf16) {
+    pack([&](AlignedBuffer& b, std::size_t max) { prepare_value_pairs(p, padded(16), kFlashBlockQ, b, max); });
+  } else {
+    // (vector width, DB vectors per P·V column block) of each kernel's f32 path
+    const auto [vec, width] = kernel == &avx512bf16::flash_fwd || kernel == &avx512::flash_fwd
+                                  ? std::pair<std::int64_t, std::int64_t>{16, 64}
+                              : kernel == &avx2::flash_fwd ? std::pair<std::int64_t, std::int64_t>{8, 16}
+                                                           : std::pair<std::int64_t, std::int64_t>{4, 8};
+    pack([&](AlignedBuffer& b, std::size_t max) {
+      prepare_value_panels(p, padded(vec), width, kFlashBlockQ, b, max);
+    });
   }
   // Kept per calling thread and refilled: once it has grown, steady-state calls allocate nothing.
   // (A thread_local is not captured by the lambda below: workers must see the caller's list.)

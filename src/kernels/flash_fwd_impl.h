@@ -23,10 +23,19 @@
 //    scale (a temperature error the softmax does not cancel) put the decode and backward sweeps
 //    past the accuracy bar;
 //  - O [64][Dv] += P·V keeps RB rows × DB vectors of O in registers over the tile's keys,
-//    broadcasting P[i][j] and reading V rows in place; the alpha rescale is folded into the load
-//    of those registers, so it costs one multiply per O element per tile. Column blocks are the
-//    outer loop: one V slice (64 keys × DB vectors, 16 KB) stays in L1 while every row block
-//    passes over it (rows outer re-read all of V from L2 per row block: D = 32 ran ~10 % slower).
+//    broadcasting P[i][j] and loading V rows; the alpha rescale is folded into the load of those
+//    registers, so it costs one multiply per O element per tile. Column blocks are the outer
+//    loop: one V slice (64 keys × DB vectors, 16 KB) stays in L1 while every row block passes
+//    over it (rows outer re-read all of V from L2 per row block: D = 32 ran ~10 % slower). That
+//    needs the slice's rows to spread over L1's sets, which V read in place does not: its row
+//    stride, heads × Dv floats (6 KB for 12 heads of 128), is a multiple of 32 lines for most
+//    shapes, so 64 keys start on 2 of the 64 set offsets (perf annotate, one Zen 4 thread: P·V
+//    12 % slower than Q·Kᵀ for the same FLOPs, stalled on the V loads). When 8 or more items
+//    read each KV head, V is copied once per call into column panels DB vectors wide
+//    (packed_values.h), where a tile's slice is contiguous; side by side on one Zen 4 thread,
+//    2k 15 %, 2k causal 17 %, 4k 10 %, GQA 32/8 26 %, f16 7 % and AVX2 29 % faster. With 1 or 2
+//    items per head the copy cost more than it saved (6–8 %), so V stays in place there (f16/bf16
+//    rows converted into Vc per tile).
 //  - Causal and window tiles that are only partly visible (the diagonal) skip what no row sees:
 //    Sᵀ blocks of query vectors that see none of a key group, and P·V keys past what a row block
 //    sees. P there is 0, so the sums are unchanged; it is half the diagonal tile's work.
@@ -129,7 +138,8 @@ inline void qk_block(const float* __restrict Qt, std::int64_t D, const float* co
     for (int v = 0; v < NV; ++v) Vec::store(S + k * BQ + (iv0 + v) * N, acc[k][v]);
 }
 
-// O[r0..r0+NR)[c0·N .. (c0+NC)·N) = alpha·O + Σ_j P[j][r]·V[j][...], P stored as Pᵀ [BK][BQ].
+// O[r0..r0+NR)[c0·N .. (c0+NC)·N) = alpha·O + Σ_j P[j][r]·V[j][...], P stored as Pᵀ [BK][BQ] and
+// V pointing at vector c0 of the tile's key 0, its keys v_stride floats apart.
 // Only keys [j0, j1) are summed: the others are invisible to these rows (P = 0).
 template <int NR, int NC>
 inline void pv_block(const float* __restrict P, const float* __restrict V, std::int64_t v_stride,
@@ -143,7 +153,7 @@ inline void pv_block(const float* __restrict P, const float* __restrict V, std::
     for (int c = 0; c < NC; ++c) acc[r][c] = Vec::mul(Vec::load(O + (r0 + r) * ldo + (c0 + c) * N), a);
   }
   for (std::int64_t j = j0; j < j1; ++j) {
-    const float* vr = V + j * v_stride + c0 * N;
+    const float* vr = V + j * v_stride;
     Vec::T vv[NC];
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) vv[c] = Vec::load(vr + c * N);
@@ -166,28 +176,50 @@ struct RowKeys {
   std::int64_t jlo[BQ], jhi[BQ];
 };
 
+// Where a tile's V is, a DB-vector column block at a time: rows `stride` floats apart (in place,
+// or converted into Vc), or the call's column panels (packed_values.h), whose rows are as wide
+// as their panel.
+struct TileValues {
+  const float* rows = nullptr;  // key 0 of the tile, or null for panels
+  std::int64_t stride = 0;
+  const float* panels = nullptr;  // the KV head's first panel
+  std::int64_t panel_rows = 0, key = 0, ld = 0;  // key: the tile's first key row in the panels
+  // Vector c0 (a multiple of DB) of the tile's key 0, and the floats from one key to the next.
+  const float* at(std::int64_t c0, std::int64_t* step) const {
+    if (panels == nullptr) {
+      *step = stride;
+      return rows + c0 * N;
+    }
+    const std::int64_t c = c0 * N;
+    *step = ld - c < DB * N ? ld - c : DB * N;
+    return panels + c * panel_rows + key * *step;
+  }
+};
+
 // pv_block over vectors [c0, c0 + NC) of every row: row blocks inner, so the tile's V slice
 // (BK keys × NC vectors, 16 KB at NC = 4) stays in L1 while all rows stream past it. Each row
 // block sums only the keys one of its rows sees (the diagonal tile of causal attention: half).
 template <int NC>
-inline void pv_cols(const float* P, const float* V, std::int64_t v_stride, const RowKeys& rk, float* O,
-                    std::int64_t ldo, const float* alpha, std::int64_t rows, std::int64_t c0) {
+inline void pv_cols(const float* P, const TileValues& tv, const RowKeys& rk, float* O, std::int64_t ldo,
+                    const float* alpha, std::int64_t rows, std::int64_t c0) {
+  std::int64_t step;
+  const float* V = tv.at(c0, &step);
   std::int64_t r0 = 0;
   for (; r0 + RB <= rows; r0 += RB)
-    pv_block<RB, NC>(P, V, v_stride, rk.jlo[r0], rk.jhi[r0 + RB - 1], O, ldo, alpha, r0, c0);
-  for (; r0 < rows; ++r0) pv_block<1, NC>(P, V, v_stride, rk.jlo[r0], rk.jhi[r0], O, ldo, alpha, r0, c0);
+    pv_block<RB, NC>(P, V, step, rk.jlo[r0], rk.jhi[r0 + RB - 1], O, ldo, alpha, r0, c0);
+  for (; r0 < rows; ++r0) pv_block<1, NC>(P, V, step, rk.jlo[r0], rk.jhi[r0], O, ldo, alpha, r0, c0);
 }
 
 // Full DB-vector column blocks, then the rest; a few query rows (decoding) cost only their own work.
-inline void pv_tile(const float* P, const float* V, std::int64_t v_stride, const RowKeys& rk, float* O,
-                    std::int64_t ldo, const float* alpha, std::int64_t rows, std::int64_t nvec) {
+inline void pv_tile(const float* P, const TileValues& tv, const RowKeys& rk, float* O, std::int64_t ldo,
+                    const float* alpha, std::int64_t rows, std::int64_t nvec) {
   std::int64_t c0 = 0;
-  for (; c0 + DB <= nvec; c0 += DB) pv_cols<DB>(P, V, v_stride, rk, O, ldo, alpha, rows, c0);
+  for (; c0 + DB <= nvec; c0 += DB) pv_cols<DB>(P, tv, rk, O, ldo, alpha, rows, c0);
   switch (nvec - c0) {
-    case 1: pv_cols<1>(P, V, v_stride, rk, O, ldo, alpha, rows, c0); break;
+    case 1: pv_cols<1>(P, tv, rk, O, ldo, alpha, rows, c0); break;
 #if defined(__AVX512F__)
-    case 2: pv_cols<2>(P, V, v_stride, rk, O, ldo, alpha, rows, c0); break;
-    case 3: pv_cols<3>(P, V, v_stride, rk, O, ldo, alpha, rows, c0); break;
+    case 2: pv_cols<2>(P, tv, rk, O, ldo, alpha, rows, c0); break;
+    case 3: pv_cols<3>(P, tv, rk, O, ldo, alpha, rows, c0); break;
 #endif
     default: break;
   }
@@ -237,6 +269,14 @@ struct Item {
     v_row_bytes = p.v_stride[3] == 1 ? esz * std::size_t(Dv) : 0;
     if (p.v_pairs != nullptr && p.v_pair_ld == DvP)
       vpairs = p.v_pairs + (kvh * p.v_pair_rows + value_pair_base(p, t.b)) * DvP;
+    if (p.v_panels != nullptr && p.v_panel_ld == DvP && p.v_panel_width == DB * N)
+      vpanels = p.v_panels + kvh * p.v_panel_rows * DvP;
+  }
+  // The tile at key kb in the call's value panels (null when they were not made).
+  TileValues tile_panels(std::int64_t kb) const {
+    TileValues tv;
+    if (vpanels != nullptr) tv = {nullptr, 0, vpanels, p.v_panel_rows, value_row_base(p, t.b) + kb, DvP};
+    return tv;
   }
   // The call's value pairs of keys [kb, kb + cols), when they are the tile's own: an even start,
   // and an odd end only at the sequence's last key (its pair's zero half), as per-tile pairing has.
@@ -283,6 +323,15 @@ struct Item {
           for (std::size_t b = 0; b < 2 * v_row_bytes; b += 64) __builtin_prefetch(pr + b, 0, 2);
         continue;
       }
+      if (vpanels != nullptr) {  // a row per panel
+        const TileValues tv = tile_panels(next_kb + r);
+        for (std::int64_t c0 = 0; c0 < DvP / N; c0 += DB) {
+          std::int64_t w;
+          const auto* pr = reinterpret_cast<const char*>(tv.at(c0, &w));
+          for (std::size_t b = 0; b < std::size_t(w) * sizeof(float); b += 64) __builtin_prefetch(pr + b, 0, 2);
+        }
+        continue;
+      }
       const char* vr = value_tile(next_kb) + esz * std::size_t(r * p.v_stride[1]);
       for (std::size_t b = 0; b < v_row_bytes; b += 64) __builtin_prefetch(vr + b, 0, 2);
     }
@@ -302,6 +351,7 @@ struct Item {
   KeyRange keys;  // the keys the item's rows see (causal, window)
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
   const std::uint32_t* vpairs = nullptr;           // this sequence and KV head's value pairs, if made
+  const float* vpanels = nullptr;                  // this KV head's value panels, if made
 };
 
 // Sᵀ rows [j0, j0 + NK) of the tile through a dot policy's hooks (keys past cols: the last key
@@ -400,23 +450,27 @@ struct Fp32Dot {
     qk_block<NK, NV>(it.Qt, it.D, kr, it.S + j0 * BQ, iv0);
   }
 
-  // O = alpha·O + P·V
+  // O = alpha·O + P·V, V from the call's panels, in place (f32 rows of unit stride and whole
+  // vectors), or converted into Vc.
   static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
     const AttentionParams& p = it.p;
-    const char* vtile = it.value_tile(kb);
     RowKeys rk;
     it.row_keys(kb, cols, rk);
-    if (p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0) {
-      pv_tile(it.S, reinterpret_cast<const float*>(vtile), p.v_stride[1], rk, it.O, it.DvP, it.alpha,
-              it.rows, it.DvP / N);
-      return;
+    TileValues tv = it.tile_panels(kb);
+    const char* vtile = it.value_tile(kb);
+    if (tv.panels == nullptr && p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0) {
+      tv.rows = reinterpret_cast<const float*>(vtile);
+      tv.stride = p.v_stride[1];
+    } else if (tv.panels == nullptr) {
+      for (std::int64_t j = 0; j < cols; ++j) {
+        to_f32(vtile + it.esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], it.Dv,
+               it.Vc + j * it.DvP);
+        std::memset(it.Vc + j * it.DvP + it.Dv, 0, std::size_t(it.DvP - it.Dv) * sizeof(float));
+      }
+      tv.rows = it.Vc;
+      tv.stride = it.DvP;
     }
-    for (std::int64_t j = 0; j < cols; ++j) {
-      to_f32(vtile + it.esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], it.Dv,
-             it.Vc + j * it.DvP);
-      std::memset(it.Vc + j * it.DvP + it.Dv, 0, std::size_t(it.DvP - it.Dv) * sizeof(float));
-    }
-    pv_tile(it.S, it.Vc, it.DvP, rk, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
+    pv_tile(it.S, tv, rk, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
   }
 };
 
