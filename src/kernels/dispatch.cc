@@ -76,13 +76,19 @@ void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
         items.push_back({b, h, q0, std::min(q0 + kFlashBlockQ, s.len_q)});
   }
   // Longest first keeps the tail short when costs differ (causal, windows, ragged varlen). The
-  // order changes which thread runs an item, never what the item computes.
+  // order changes which thread runs an item, never what the item computes. Without varlen it is
+  // longest first within each head, heads in order: the threads then work on one head's K and V
+  // at a time, as without a window, where longest first over all items had them on different
+  // heads (2 Zen 4 threads, 2k and 4k causal: 3 % faster).
   if (p.window_left >= 0 || p.window_right >= 0 || p.cu_q != nullptr) {
     thread_local std::vector<std::pair<std::int64_t, FlashTile>> costed;
     costed.clear();
     for (const FlashTile& t : items) costed.emplace_back(item_cost(p, t), t);
     // A total order (ties by position) keeps the sort in place: std::stable_sort would allocate.
-    std::sort(costed.begin(), costed.end(), [](const auto& x, const auto& y) {
+    const bool head_major = p.cu_q == nullptr;
+    std::sort(costed.begin(), costed.end(), [&](const auto& x, const auto& y) {
+      if (head_major && std::tie(x.second.b, x.second.h) != std::tie(y.second.b, y.second.h))
+        return std::tie(x.second.b, x.second.h) < std::tie(y.second.b, y.second.h);
       if (x.first != y.first) return x.first > y.first;
       return std::tie(x.second.b, x.second.h, x.second.q_begin) <
              std::tie(y.second.b, y.second.h, y.second.q_begin);

@@ -12,7 +12,9 @@
 //    IV + KB loads), so f32 keys are never packed or transposed. What bounds it (perf annotate,
 //    Zen 4): the Qᵀ loads, which miss L1 (Qᵀ alone is 32 KB at D = 128) and are re-read once per
 //    key group; AVX-512 uses groups of KBW = 6 keys (24 accumulators, 29 zmm), so Qᵀ streams 11
-//    times per tile instead of 16 (4k tokens: ~2 % faster side by side);
+//    times per tile instead of 16 (4k tokens: ~2 % faster side by side). Keeping Qᵀ in L1
+//    instead, 32-row chunks (16 KB) in blocks of 12 keys × 2 vectors, ran 4 % slower (2k, one
+//    thread, side by side; the same blocks without chunks 3 %): 14 loads per 24 FMAs, not 10;
 //  - the online softmax then runs down the key axis with N query rows per vector: row max, exp and
 //    sum are lane-wise across vectors, with no horizontal reductions, and the rescale factor
 //    alpha = exp(m_old - m_new) is one vector per N rows per tile. Its exp shares the FMA pipes
