@@ -134,9 +134,10 @@ TEST_P(EveryIsa, LargeLogitsDoNotOverflow) {
   }
 }
 
-TEST_P(EveryIsa, ValuesPackedOncePerCallKeepEveryTileEdge) {
-  // V is packed once per call when 8 or more items read a KV head (here 8 or 16 query heads share
-  // one or two): bf16 pairs for the vdpbf16ps kernel, f32 column panels for the others. Odd
+TEST_P(EveryIsa, KeysAndValuesPackedOncePerCallKeepEveryTileEdge) {
+  // K and V are packed once per call when 8 or more items read a KV head (here 8 or 16 query heads
+  // share one or two): bf16 V pairs for the vdpbf16ps kernel, f32 K rows and V column panels for
+  // the others. Odd
   // sequence starts in the packed batch, window edges that start tiles on odd keys or end them
   // short of the sequence, a sequence's odd last key, head dims that leave a narrower last panel
   // (72, 40, 200: rows padded to a vector) and V in bhsd layout must all read the right values.

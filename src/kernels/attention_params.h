@@ -48,18 +48,24 @@ struct AttentionParams {
   std::uint64_t dropout_seed = 0, dropout_offset = 0;
 
   // bf16 V as key pairs (v[2j][c], v[2j+1][c]) for the vdpbf16ps kernel, made once per call when
-  // several items read each KV head (packed_values.h); null otherwise. Head h's pairs of sequence b
+  // several items read each KV head (packed_kv.h); null otherwise. Head h's pairs of sequence b
   // start at row h·v_pair_rows + value_pair_base(b); rows hold v_pair_ld dwords, zero padded.
   const std::uint32_t* v_pairs = nullptr;
   std::int64_t v_pair_rows = 0, v_pair_ld = 0;
 
   // V as f32 column panels for the f32-FMA kernels, made once per call when several items read
-  // each KV head (packed_values.h); null otherwise. Rows are v_panel_ld floats (Dv rounded up to
+  // each KV head (packed_kv.h); null otherwise. Rows are v_panel_ld floats (Dv rounded up to
   // the kernel's vector, zero padded), cut into panels of v_panel_width columns: in KV head h,
-  // columns [c, c + w) of key row r (value_row_base(b) + the key's index in sequence b) sit at
+  // columns [c, c + w) of key row r (key_row_base(b) + the key's index in sequence b) sit at
   // v_panels + h·v_panel_rows·v_panel_ld + c·v_panel_rows + r·w, w = min(width, ld - c).
   const float* v_panels = nullptr;
   std::int64_t v_panel_rows = 0, v_panel_ld = 0, v_panel_width = 0;
+
+  // K as f32 rows of d floats for the f32-FMA kernels, made with the panels (packed_kv.h); null
+  // otherwise. Key row r of KV head h (key_row_base(b) + the key's index in sequence b) sits at
+  // k_rows + (h·k_row_count + r)·d.
+  const float* k_rows = nullptr;
+  std::int64_t k_row_count = 0;
 };
 
 // One sequence's placement: rows [q_offset, q_offset + len_q) of batch entry `batch_index`.
@@ -95,8 +101,8 @@ static inline std::int64_t value_pair_base(const AttentionParams& p, std::int64_
   return ((p.cu_k == nullptr ? b * p.nk : std::int64_t(p.cu_k[b])) + b) / 2;
 }
 
-// First key row of sequence b in a head's value panels; value_row_base(p, batch) rows hold them all.
-static inline std::int64_t value_row_base(const AttentionParams& p, std::int64_t b) {
+// First key row of sequence b in a head's K rows and V panels; key_row_base(p, batch) rows hold them all.
+static inline std::int64_t key_row_base(const AttentionParams& p, std::int64_t b) {
   return p.cu_k == nullptr ? b * p.nk : std::int64_t(p.cu_k[b]);
 }
 

@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "kernels/flash_fwd.h"
-#include "kernels/packed_values.h"
+#include "kernels/packed_kv.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/thread_pool.h"
 
@@ -40,28 +40,36 @@ std::int64_t item_cost(const AttentionParams& p, const FlashTile& t) {
 
 void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
   AttentionParams p = call;
-  // V repacked once here rather than per item and tile (packed_values.h): bf16 key pairs for the
-  // vdpbf16ps kernel, f32 column panels of its DB·N columns for the others. The buffer is kept per
-  // calling thread up to 64 MiB (steady state allocates nothing); larger calls hold theirs only
-  // while they run.
+  // K and V repacked once here rather than per item and tile (packed_kv.h): bf16 V key pairs for
+  // the vdpbf16ps kernel; f32 K rows and V column panels of DB·N columns for the others. Each
+  // buffer is kept per calling thread up to 64 MiB (steady state allocates nothing); larger calls
+  // hold theirs only while they run.
   constexpr std::size_t kKeptBytes = std::size_t(64) << 20;
-  thread_local AlignedBuffer kept;
-  AlignedBuffer held;
-  const auto pack = [&](auto prepare) {
-    prepare(kept, kKeptBytes);
-    if (p.v_pairs == nullptr && p.v_panels == nullptr) prepare(held, ~std::size_t(0));
+  thread_local AlignedBuffer kept_v, kept_k;
+  AlignedBuffer held_v, held_k;
+  // prepare(buffer, max_bytes) -> made: in the kept buffer when it fits, else in a held one.
+  const auto pack = [](AlignedBuffer& kept, AlignedBuffer& held, auto prepare) {
+    if (!prepare(kept, kKeptBytes)) prepare(held, ~std::size_t(0));
   };
   const auto padded = [&](std::int64_t vec) { return (p.dv + vec - 1) / vec * vec; };
   if (kernel == &avx512bf16::flash_fwd && p.in_dtype == DType::bf16) {
-    pack([&](AlignedBuffer& b, std::size_t max) { prepare_value_pairs(p, padded(16), kFlashBlockQ, b, max); });
+    pack(kept_v, held_v, [&](AlignedBuffer& b, std::size_t max) {
+      prepare_value_pairs(p, padded(16), kFlashBlockQ, b, max);
+      return p.v_pairs != nullptr;
+    });
   } else {
     // (vector width, DB vectors per P·V column block) of each kernel's f32 path
     const auto [vec, width] = kernel == &avx512bf16::flash_fwd || kernel == &avx512::flash_fwd
                                   ? std::pair<std::int64_t, std::int64_t>{16, 64}
                               : kernel == &avx2::flash_fwd ? std::pair<std::int64_t, std::int64_t>{8, 16}
                                                            : std::pair<std::int64_t, std::int64_t>{4, 8};
-    pack([&](AlignedBuffer& b, std::size_t max) {
+    pack(kept_v, held_v, [&](AlignedBuffer& b, std::size_t max) {
       prepare_value_panels(p, padded(vec), width, kFlashBlockQ, b, max);
+      return p.v_panels != nullptr;
+    });
+    pack(kept_k, held_k, [&](AlignedBuffer& b, std::size_t max) {
+      prepare_key_rows(p, kFlashBlockQ, b, max);
+      return p.k_rows != nullptr;
     });
   }
   // Kept per calling thread and refilled: once it has grown, steady-state calls allocate nothing.

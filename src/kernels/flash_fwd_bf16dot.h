@@ -10,7 +10,7 @@
 //    and paired as (p[j][i], p[j+1][i]), by the softmax itself when nothing changes P after it
 //    (no dropout; ~1.7 % faster at 2k than storing f32 P and packing it); V rows j, j+1 are
 //    interleaved into (v[j][c], v[j+1][c]) dwords with lanes along the value dim: once per call
-//    when at least 8 items read each KV head (packed_values.h; 2k: 5 % faster), else per tile.
+//    when at least 8 items read each KV head (packed_kv.h; 2k: 5 % faster), else per tile.
 // Products of bf16 values are exact in f32 and accumulate in f32; the one extra rounding is P to
 // bf16, which the naive bf16 path (the accuracy yardstick) makes too.
 
@@ -185,7 +185,7 @@ struct Bf16Dot {
   static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
     const std::int64_t pairs = (cols + 1) / 2;
     // V rows j, j+1 -> (v[j][c], v[j+1][c]) dwords, [pairs][DvP], zero padded: the call's pairs
-    // (packed_values.h) when it made them, else paired here.
+    // (packed_kv.h) when it made them, else paired here.
     const std::uint32_t* Vp = it.tile_pairs(kb, cols);
     if (Vp == nullptr) Vp = pair_values(it, kb, cols);
     // P (f32, [key][row]) -> (p[j][i], p[j+1][i]) bf16 dwords, [pairs][BQ], unless the softmax

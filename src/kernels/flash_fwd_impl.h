@@ -7,9 +7,14 @@
 //
 // The scores are computed transposed, Sᵀ = K·Qᵀ, with vector lanes along the query rows:
 //  - Qᵀ [D][64] is packed (and converted to f32) once per item;
-//  - K rows are read in place (f32 with unit stride) or converted once per tile: each Sᵀ register
-//    block broadcasts K[j][d] for KB keys and multiplies by IV vectors of Qᵀ[d] (KB·IV FMAs per
-//    IV + KB loads), so f32 keys are never packed or transposed. What bounds it (perf annotate,
+//  - K rows are read as rows: each Sᵀ register block broadcasts K[j][d] for KB keys and
+//    multiplies by IV vectors of Qᵀ[d] (KB·IV FMAs per IV + KB loads), so keys are never
+//    transposed. When 8 or more items read each KV head they are copied once per call into
+//    contiguous f32 rows per (sequence, KV head) (packed_kv.h): in place, the rows of a key group
+//    are heads × D floats apart, 4 KB for 8 KV heads of 128, all on one L1 set offset, where they
+//    evict Qᵀ (side by side, one Zen 4 thread: GQA 32/8 6–9 %, f16 5 %, 4k causal 2.5 % faster;
+//    f16 and bf16 keys are converted there once instead of per item and tile). Otherwise f32 rows
+//    of unit stride are read in place and others converted into Kc per tile. What bounds it (perf annotate,
 //    Zen 4): the Qᵀ loads, which miss L1 (Qᵀ alone is 32 KB at D = 128) and are re-read once per
 //    key group; AVX-512 uses groups of KBW = 6 keys (24 accumulators, 29 zmm), so Qᵀ streams 11
 //    times per tile instead of 16 (4k tokens: ~2 % faster side by side). Keeping Qᵀ in L1
@@ -34,7 +39,7 @@
 //    shapes, so 64 keys start on 2 of the 64 set offsets (perf annotate, one Zen 4 thread: P·V
 //    12 % slower than Q·Kᵀ for the same FLOPs, stalled on the V loads). When 8 or more items
 //    read each KV head, V is copied once per call into column panels DB vectors wide
-//    (packed_values.h), where a tile's slice is contiguous; side by side on one Zen 4 thread,
+//    (packed_kv.h), where a tile's slice is contiguous; side by side on one Zen 4 thread,
 //    2k 15 %, 2k causal 17 %, 4k 10 %, GQA 32/8 26 %, f16 7 % and AVX2 29 % faster. With 1 or 2
 //    items per head the copy cost more than it saved (6–8 %), so V stays in place there (f16/bf16
 //    rows converted into Vc per tile).
@@ -57,7 +62,8 @@
 // sequences: a 4k-token head's K and V are 4 MB, past L2), the next tile's rows prefetched into L2
 // a key group at a time while this tile's scores run (4k: ~4 % faster on Zen 4, run side by side);
 // O stays in L1/L2 until the item ends. Working memory is kFlashScratchFloats per thread (~300 KB),
-// independent of the sequence lengths.
+// independent of the sequence lengths, plus, when K and V are packed once per call, one copy of
+// each (linear in the keys, as K and V themselves).
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including flash_fwd_impl.h"
 #endif
@@ -179,7 +185,7 @@ struct RowKeys {
 };
 
 // Where a tile's V is, a DB-vector column block at a time: rows `stride` floats apart (in place,
-// or converted into Vc), or the call's column panels (packed_values.h), whose rows are as wide
+// or converted into Vc), or the call's column panels (packed_kv.h), whose rows are as wide
 // as their panel.
 struct TileValues {
   const float* rows = nullptr;  // key 0 of the tile, or null for panels
@@ -273,11 +279,12 @@ struct Item {
       vpairs = p.v_pairs + (kvh * p.v_pair_rows + value_pair_base(p, t.b)) * DvP;
     if (p.v_panels != nullptr && p.v_panel_ld == DvP && p.v_panel_width == DB * N)
       vpanels = p.v_panels + kvh * p.v_panel_rows * DvP;
+    if (p.k_rows != nullptr) krows = p.k_rows + (kvh * p.k_row_count + key_row_base(p, t.b)) * D;
   }
   // The tile at key kb in the call's value panels (null when they were not made).
   TileValues tile_panels(std::int64_t kb) const {
     TileValues tv;
-    if (vpanels != nullptr) tv = {nullptr, 0, vpanels, p.v_panel_rows, value_row_base(p, t.b) + kb, DvP};
+    if (vpanels != nullptr) tv = {nullptr, 0, vpanels, p.v_panel_rows, key_row_base(p, t.b) + kb, DvP};
     return tv;
   }
   // The call's value pairs of keys [kb, kb + cols), when they are the tile's own: an even start,
@@ -317,8 +324,13 @@ struct Item {
     const std::int64_t n = j + nk < next_cols ? j + nk : next_cols;
     const std::uint32_t* next_pairs = tile_pairs(next_kb, next_cols);
     for (std::int64_t r = j; r < n; ++r) {
-      const char* kr = key_tile(next_kb) + esz * std::size_t(r * p.k_stride[1]);
-      for (std::size_t b = 0; b < k_row_bytes; b += 64) __builtin_prefetch(kr + b, 0, 2);
+      if (krows != nullptr) {
+        const auto* kr = reinterpret_cast<const char*>(krows + (next_kb + r) * D);
+        for (std::size_t b = 0; b < std::size_t(D) * sizeof(float); b += 64) __builtin_prefetch(kr + b, 0, 2);
+      } else {
+        const char* kr = key_tile(next_kb) + esz * std::size_t(r * p.k_stride[1]);
+        for (std::size_t b = 0; b < k_row_bytes; b += 64) __builtin_prefetch(kr + b, 0, 2);
+      }
       if (next_pairs != nullptr) {  // a pair row per two keys, twice a V row's bytes
         const auto* pr = reinterpret_cast<const char*>(next_pairs + r / 2 * DvP);
         if (r % 2 == 0)
@@ -354,6 +366,7 @@ struct Item {
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
   const std::uint32_t* vpairs = nullptr;           // this sequence and KV head's value pairs, if made
   const float* vpanels = nullptr;                  // this KV head's value panels, if made
+  const float* krows = nullptr;                    // this sequence and KV head's f32 key rows, if made
 };
 
 // Sᵀ rows [j0, j0 + NK) of the tile through a dot policy's hooks (keys past cols: the last key
@@ -428,14 +441,15 @@ struct Fp32Dot {
   static void scores(Item& it, std::int64_t kb, std::int64_t cols) {
     const AttentionParams& p = it.p;
     const char* ktile = it.key_tile(kb);
-    if (!keys_in_place(it))
+    if (!keys_in_place(it) && it.krows == nullptr)
       for (std::int64_t j = 0; j < cols; ++j)
         to_f32(ktile + it.esz * std::size_t(j * p.k_stride[1]), p.in_dtype, p.k_stride[3], it.D,
                it.Kc + j * it.D);
     score_tile<Fp32Dot>(it, kb, cols);
   }
 
-  // f32 keys with unit stride are dotted in place; others are converted into Kc per tile.
+  // The call's f32 key rows when it made them; else f32 keys with unit stride are dotted in place
+  // and others converted into Kc per tile.
   static bool keys_in_place(const Item& it) { return it.p.in_dtype == DType::f32 && it.p.k_stride[3] == 1; }
 
   static constexpr bool kPairsP = false;  // P stays f32 in S
@@ -445,6 +459,7 @@ struct Fp32Dot {
   static constexpr int kWide = KBW;
   using KeyRow = const float*;
   static KeyRow key_row(const Item& it, std::int64_t kb, std::int64_t j) {
+    if (it.krows != nullptr) return it.krows + (kb + j) * it.D;
     return keys_in_place(it) ? reinterpret_cast<const float*>(it.key_tile(kb)) + j * it.p.k_stride[1] : it.Kc + j * it.D;
   }
   template <int NK, int NV>

@@ -1,4 +1,4 @@
-#include "kernels/packed_values.h"
+#include "kernels/packed_kv.h"
 
 #include <cstring>
 
@@ -41,7 +41,7 @@ void panel_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float*
   const SeqSpan s = seq_span(p, b);
   const char* v = head_values(p, s, h);
   const std::size_t esz = elem_size(p.in_dtype);
-  const std::int64_t rows = p.v_panel_rows, ld = p.v_panel_ld, row0 = value_row_base(p, b);
+  const std::int64_t rows = p.v_panel_rows, ld = p.v_panel_ld, row0 = key_row_base(p, b);
   const bool in_place = p.in_dtype == DType::f32 && p.v_stride[3] == 1;
   for (std::int64_t j = 0; j < s.len_k; ++j) {
     const char* src = v + esz * std::size_t(j * p.v_stride[1]);
@@ -55,6 +55,23 @@ void panel_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float*
         for (std::int64_t e = 0; e < n; ++e) out[e] = load_f32(src, p.in_dtype, (c + e) * p.v_stride[3]);
       }
       std::memset(out + n, 0, std::size_t(w - n) * sizeof(float));
+    }
+  }
+}
+
+// Sequence b's keys into KV head h's rows (`dst`: the head's first row).
+void key_rows_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float* dst) {
+  const SeqSpan s = seq_span(p, b);
+  const char* k = static_cast<const char*>(p.k) +
+                  elem_size(p.in_dtype) *
+                      std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + h * p.k_stride[2]);
+  float* out = dst + key_row_base(p, b) * p.d;
+  for (std::int64_t j = 0; j < s.len_k; ++j, out += p.d) {
+    const char* src = k + elem_size(p.in_dtype) * std::size_t(j * p.k_stride[1]);
+    if (p.in_dtype == DType::f32 && p.k_stride[3] == 1) {
+      std::memcpy(out, src, std::size_t(p.d) * sizeof(float));
+    } else {
+      for (std::int64_t e = 0; e < p.d; ++e) out[e] = load_f32(src, p.in_dtype, e * p.k_stride[3]);
     }
   }
 }
@@ -99,11 +116,18 @@ void prepare_value_pairs(AttentionParams& p, std::int64_t ld, std::int64_t block
 void prepare_value_panels(AttentionParams& p, std::int64_t ld, std::int64_t width, std::int64_t block_q,
                           AlignedBuffer& buffer, std::size_t max_bytes) {
   if (!read_often(p, block_q)) return;
-  p.v_panel_rows = value_row_base(p, p.batch);
+  p.v_panel_rows = key_row_base(p, p.batch);
   p.v_panel_ld = ld;
   p.v_panel_width = width;
   p.v_panels = pack_heads<float>(p, std::size_t(p.v_panel_rows * ld), buffer, max_bytes,
                                  [&](std::int64_t b, std::int64_t h, float* head) { panel_head(p, b, h, head); });
+}
+
+void prepare_key_rows(AttentionParams& p, std::int64_t block_q, AlignedBuffer& buffer, std::size_t max_bytes) {
+  if (!read_often(p, block_q)) return;
+  p.k_row_count = key_row_base(p, p.batch);
+  p.k_rows = pack_heads<float>(p, std::size_t(p.k_row_count * p.d), buffer, max_bytes,
+                               [&](std::int64_t b, std::int64_t h, float* head) { key_rows_head(p, b, h, head); });
 }
 
 }  // namespace mha::detail

@@ -1,6 +1,6 @@
-// V repacked once per call for the flash forward kernels, instead of once per work item and tile:
-// at 2k tokens every KV head's V is read by 32 items (more with GQA). Each form costs one pass
-// over V and a V-sized buffer.
+// K and V repacked once per call for the flash forward kernels, instead of once per work item and
+// tile: at 2k tokens every KV head is read by 32 items (more with GQA). Each form costs one pass
+// over K or V and a buffer of its size.
 //  - bf16 key pairs for the vdpbf16ps kernel: pairing per tile cost up to 12 % of that kernel's
 //    time on Zen 4 (pairing skipped, an upper bound; made once, side by side on one thread: 2k 5 %
 //    and 2k causal 4 % faster).
@@ -9,6 +9,8 @@
 //    64 keys start on 2 of L1's 64 set offsets and its P·V slice (16 KB) cannot stay in L1. In
 //    panels of DB·N columns a tile's slice is contiguous. f16 and bf16 inputs are converted there
 //    too, once instead of per item and tile.
+//  - f32 key rows for the same kernels: a score block's keys, read in place, share one or two set
+//    offsets the same way and evict Qᵀ (GQA 32/8: 6–9 % faster packed).
 #pragma once
 
 #include <cstdint>
@@ -22,6 +24,10 @@ namespace mha::detail {
 // each KV head is read by at least 8 items, and the pairs fit in `max_bytes`; else leaves p as is.
 void prepare_value_pairs(AttentionParams& p, std::int64_t ld, std::int64_t block_q, AlignedBuffer& buffer,
                          std::size_t max_bytes);
+
+// Copies p's K as f32 rows of d floats, each (sequence, KV head) contiguous, into `buffer` and
+// points p.k_rows at them, under the same rule as the value panels.
+void prepare_key_rows(AttentionParams& p, std::int64_t block_q, AlignedBuffer& buffer, std::size_t max_bytes);
 
 // Copies p's V as f32 into column panels of `width` floats (rows padded with zeros to `ld`, a
 // multiple of the kernel's vector) in `buffer` and points p.v_panels at them, when each KV head is
