@@ -140,7 +140,8 @@ TEST_P(EveryIsa, KeysAndValuesPackedOncePerCallKeepEveryTileEdge) {
   // the others. Odd
   // sequence starts in the packed batch, window edges that start tiles on odd keys or end them
   // short of the sequence, a sequence's odd last key, head dims that leave a narrower last panel
-  // (72, 40, 200: rows padded to a vector) and V in bhsd layout must all read the right values.
+  // (72, 40, 200: rows padded to a vector), an odd head dim (bf16 key rows padded to pairs) and
+  // V in bhsd layout must all read the right values.
   const std::vector<std::int32_t> lq = {67, 130, 5, 1}, lk = {71, 133, 9, 64};
   for (DType dt : {DType::f32, DType::f16, DType::bf16})
     for (const check::Case& c : {
@@ -159,6 +160,7 @@ TEST_P(EveryIsa, KeysAndValuesPackedOncePerCallKeepEveryTileEdge) {
              check::Case{.b = 2, .nq = 129, .nk = 129, .hq = 8, .hkv = 2, .d = 128, .dtype = dt,
                          .mask = check::MaskKind::padding},
              check::Case{.b = 2, .nq = 100, .nk = 150, .hq = 8, .hkv = 1, .d = 96, .dv = 200, .dtype = dt, .bhsd = true},
+             check::Case{.nq = 130, .nk = 140, .hq = 8, .hkv = 1, .d = 37, .dtype = dt, .causal = true},
          }) {
       const check::CaseData data(c);
       const check::Baseline base = check::compute_baseline(c, data);

@@ -61,11 +61,13 @@ struct AttentionParams {
   const float* v_panels = nullptr;
   std::int64_t v_panel_rows = 0, v_panel_ld = 0, v_panel_width = 0;
 
-  // K as f32 rows of d floats for the f32-FMA kernels, made with the panels (packed_kv.h); null
-  // otherwise. Key row r of KV head h (key_row_base(b) + the key's index in sequence b) sits at
-  // k_rows + (h·k_row_count + r)·d.
-  const float* k_rows = nullptr;
-  std::int64_t k_row_count = 0;
+  // K as contiguous rows of k_row_ld elements of k_row_dtype (f32 for the f32-FMA kernels; bf16,
+  // zero padded to an even length, for the vdpbf16ps kernel), made once per call under the same
+  // rule as the value panels and pairs (packed_kv.h); null otherwise. Key row r of KV head h
+  // (key_row_base(b) + the key's index in sequence b) starts at element (h·k_row_count + r)·k_row_ld.
+  const void* k_rows = nullptr;
+  std::int64_t k_row_count = 0, k_row_ld = 0;
+  DType k_row_dtype = DType::f32;
 };
 
 // One sequence's placement: rows [q_offset, q_offset + len_q) of batch entry `batch_index`.

@@ -57,6 +57,10 @@ void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
       prepare_value_pairs(p, padded(16), kFlashBlockQ, b, max);
       return p.v_pairs != nullptr;
     });
+    pack(kept_k, held_k, [&](AlignedBuffer& b, std::size_t max) {
+      prepare_key_rows(p, DType::bf16, kFlashBlockQ, b, max);
+      return p.k_rows != nullptr;
+    });
   } else {
     // (vector width, DB vectors per P·V column block) of each kernel's f32 path
     const auto [vec, width] = kernel == &avx512bf16::flash_fwd || kernel == &avx512::flash_fwd
@@ -68,7 +72,7 @@ void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
       return p.v_panels != nullptr;
     });
     pack(kept_k, held_k, [&](AlignedBuffer& b, std::size_t max) {
-      prepare_key_rows(p, kFlashBlockQ, b, max);
+      prepare_key_rows(p, DType::f32, kFlashBlockQ, b, max);
       return p.k_rows != nullptr;
     });
   }

@@ -279,7 +279,9 @@ struct Item {
       vpairs = p.v_pairs + (kvh * p.v_pair_rows + value_pair_base(p, t.b)) * DvP;
     if (p.v_panels != nullptr && p.v_panel_ld == DvP && p.v_panel_width == DB * N)
       vpanels = p.v_panels + kvh * p.v_panel_rows * DvP;
-    if (p.k_rows != nullptr) krows = p.k_rows + (kvh * p.k_row_count + key_row_base(p, t.b)) * D;
+    if (p.k_rows != nullptr)
+      krows = static_cast<const char*>(p.k_rows) +
+              elem_size(p.k_row_dtype) * std::size_t((kvh * p.k_row_count + key_row_base(p, t.b)) * p.k_row_ld);
   }
   // The tile at key kb in the call's value panels (null when they were not made).
   TileValues tile_panels(std::int64_t kb) const {
@@ -325,8 +327,8 @@ struct Item {
     const std::uint32_t* next_pairs = tile_pairs(next_kb, next_cols);
     for (std::int64_t r = j; r < n; ++r) {
       if (krows != nullptr) {
-        const auto* kr = reinterpret_cast<const char*>(krows + (next_kb + r) * D);
-        for (std::size_t b = 0; b < std::size_t(D) * sizeof(float); b += 64) __builtin_prefetch(kr + b, 0, 2);
+        const char* kr = packed_key(next_kb + r);
+        for (std::size_t b = 0; b < packed_key_bytes(); b += 64) __builtin_prefetch(kr + b, 0, 2);
       } else {
         const char* kr = key_tile(next_kb) + esz * std::size_t(r * p.k_stride[1]);
         for (std::size_t b = 0; b < k_row_bytes; b += 64) __builtin_prefetch(kr + b, 0, 2);
@@ -350,6 +352,9 @@ struct Item {
       for (std::size_t b = 0; b < v_row_bytes; b += 64) __builtin_prefetch(vr + b, 0, 2);
     }
   }
+  // Key j of the sequence in the call's packed key rows, and the bytes of such a row.
+  std::size_t packed_key_bytes() const { return elem_size(p.k_row_dtype) * std::size_t(p.k_row_ld); }
+  const char* packed_key(std::int64_t j) const { return krows + std::size_t(j) * packed_key_bytes(); }
   const char* key_tile(std::int64_t kb) const { return kbase + esz * std::size_t(kb * p.k_stride[1]); }
   const char* value_tile(std::int64_t kb) const { return vbase + esz * std::size_t(kb * p.v_stride[1]); }
 
@@ -366,7 +371,7 @@ struct Item {
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
   const std::uint32_t* vpairs = nullptr;           // this sequence and KV head's value pairs, if made
   const float* vpanels = nullptr;                  // this KV head's value panels, if made
-  const float* krows = nullptr;                    // this sequence and KV head's f32 key rows, if made
+  const char* krows = nullptr;                     // this sequence and KV head's packed key rows, if made
 };
 
 // Sᵀ rows [j0, j0 + NK) of the tile through a dot policy's hooks (keys past cols: the last key
@@ -459,7 +464,7 @@ struct Fp32Dot {
   static constexpr int kWide = KBW;
   using KeyRow = const float*;
   static KeyRow key_row(const Item& it, std::int64_t kb, std::int64_t j) {
-    if (it.krows != nullptr) return it.krows + (kb + j) * it.D;
+    if (it.krows != nullptr) return reinterpret_cast<const float*>(it.packed_key(kb + j));
     return keys_in_place(it) ? reinterpret_cast<const float*>(it.key_tile(kb)) + j * it.p.k_stride[1] : it.Kc + j * it.D;
   }
   template <int NK, int NV>

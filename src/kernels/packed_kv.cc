@@ -60,19 +60,24 @@ void panel_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float*
 }
 
 // Sequence b's keys into KV head h's rows (`dst`: the head's first row).
-void key_rows_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float* dst) {
+void key_rows_head(const AttentionParams& p, std::int64_t b, std::int64_t h, char* dst) {
   const SeqSpan s = seq_span(p, b);
+  const std::size_t esz = elem_size(p.in_dtype), osz = elem_size(p.k_row_dtype);
   const char* k = static_cast<const char*>(p.k) +
-                  elem_size(p.in_dtype) *
-                      std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + h * p.k_stride[2]);
-  float* out = dst + key_row_base(p, b) * p.d;
-  for (std::int64_t j = 0; j < s.len_k; ++j, out += p.d) {
-    const char* src = k + elem_size(p.in_dtype) * std::size_t(j * p.k_stride[1]);
-    if (p.in_dtype == DType::f32 && p.k_stride[3] == 1) {
-      std::memcpy(out, src, std::size_t(p.d) * sizeof(float));
-    } else {
-      for (std::int64_t e = 0; e < p.d; ++e) out[e] = load_f32(src, p.in_dtype, e * p.k_stride[3]);
+                  esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + h * p.k_stride[2]);
+  char* out = dst + osz * std::size_t(key_row_base(p, b) * p.k_row_ld);
+  const bool copy = p.in_dtype == p.k_row_dtype && p.k_stride[3] == 1;
+  for (std::int64_t j = 0; j < s.len_k; ++j, out += osz * std::size_t(p.k_row_ld)) {
+    const char* src = k + esz * std::size_t(j * p.k_stride[1]);
+    if (copy) {
+      std::memcpy(out, src, std::size_t(p.d) * osz);
+    } else if (p.k_row_dtype == DType::f32) {
+      for (std::int64_t e = 0; e < p.d; ++e) reinterpret_cast<float*>(out)[e] = load_f32(src, p.in_dtype, e * p.k_stride[3]);
+    } else {  // bf16 from strided bf16
+      for (std::int64_t e = 0; e < p.d; ++e)
+        std::memcpy(out + 2 * e, src + 2 * std::size_t(e * p.k_stride[3]), 2);
     }
+    std::memset(out + osz * std::size_t(p.d), 0, osz * std::size_t(p.k_row_ld - p.d));
   }
 }
 
@@ -83,20 +88,19 @@ bool read_often(const AttentionParams& p, std::int64_t block_q) {
   return p.v != nullptr && p.nk > 0 && (p.hq / p.hkv) * ((p.nq + block_q - 1) / block_q) >= 8;
 }
 
-// `floats` per KV head in `buffer`, or null when they pass `max_bytes`; then `pack(b, h, head)`
-// for every (sequence, KV head) on the pool.
+// `head_floats` (4-byte units) per KV head in `buffer`, or null when they pass `max_bytes`; then
+// `pack(b, h, head)` for every (sequence, KV head) on the pool.
 template <class T, class Pack>
 const T* pack_heads(const AttentionParams& p, std::size_t head_floats, AlignedBuffer& buffer,
                     std::size_t max_bytes, const Pack& pack) {
   const std::size_t floats = std::size_t(p.hkv) * head_floats;
   if (floats * sizeof(float) > max_bytes) return nullptr;
   buffer.resize(floats);
-  auto* base = reinterpret_cast<T*>(buffer.data());
   global_pool()->parallel_for(p.batch * p.hkv, [&](std::int64_t i) {
     const std::int64_t b = i / p.hkv, h = i % p.hkv;
-    pack(b, h, base + std::size_t(h) * head_floats);
+    pack(b, h, reinterpret_cast<T*>(buffer.data() + std::size_t(h) * head_floats));
   });
-  return base;
+  return reinterpret_cast<const T*>(buffer.data());
 }
 
 }  // namespace
@@ -123,11 +127,15 @@ void prepare_value_panels(AttentionParams& p, std::int64_t ld, std::int64_t widt
                                  [&](std::int64_t b, std::int64_t h, float* head) { panel_head(p, b, h, head); });
 }
 
-void prepare_key_rows(AttentionParams& p, std::int64_t block_q, AlignedBuffer& buffer, std::size_t max_bytes) {
+void prepare_key_rows(AttentionParams& p, DType as, std::int64_t block_q, AlignedBuffer& buffer,
+                      std::size_t max_bytes) {
   if (!read_often(p, block_q)) return;
+  p.k_row_dtype = as;
+  p.k_row_ld = as == DType::f32 ? p.d : (p.d + 1) / 2 * 2;
   p.k_row_count = key_row_base(p, p.batch);
-  p.k_rows = pack_heads<float>(p, std::size_t(p.k_row_count * p.d), buffer, max_bytes,
-                               [&](std::int64_t b, std::int64_t h, float* head) { key_rows_head(p, b, h, head); });
+  const std::size_t head_bytes = elem_size(as) * std::size_t(p.k_row_count * p.k_row_ld);
+  p.k_rows = pack_heads<char>(p, (head_bytes + 3) / 4, buffer, max_bytes,
+                              [&](std::int64_t b, std::int64_t h, char* head) { key_rows_head(p, b, h, head); });
 }
 
 }  // namespace mha::detail

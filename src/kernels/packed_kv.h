@@ -9,8 +9,9 @@
 //    64 keys start on 2 of L1's 64 set offsets and its P·V slice (16 KB) cannot stay in L1. In
 //    panels of DB·N columns a tile's slice is contiguous. f16 and bf16 inputs are converted there
 //    too, once instead of per item and tile.
-//  - f32 key rows for the same kernels: a score block's keys, read in place, share one or two set
-//    offsets the same way and evict Qᵀ (GQA 32/8: 6–9 % faster packed).
+//  - key rows, f32 for the same kernels and bf16 for the vdpbf16ps one: a score block's keys, read
+//    in place, share one or two set offsets the same way and evict Qᵀ (GQA 32/8: 6–9 % faster
+//    packed).
 #pragma once
 
 #include <cstdint>
@@ -25,9 +26,11 @@ namespace mha::detail {
 void prepare_value_pairs(AttentionParams& p, std::int64_t ld, std::int64_t block_q, AlignedBuffer& buffer,
                          std::size_t max_bytes);
 
-// Copies p's K as f32 rows of d floats, each (sequence, KV head) contiguous, into `buffer` and
-// points p.k_rows at them, under the same rule as the value panels.
-void prepare_key_rows(AttentionParams& p, std::int64_t block_q, AlignedBuffer& buffer, std::size_t max_bytes);
+// Copies p's K as rows of dtype `as` (f32, or bf16 from bf16 zero padded to an even length), each
+// (sequence, KV head) contiguous, into `buffer` and points p.k_rows at them, under the same rule
+// as the value panels.
+void prepare_key_rows(AttentionParams& p, DType as, std::int64_t block_q, AlignedBuffer& buffer,
+                      std::size_t max_bytes);
 
 // Copies p's V as f32 into column panels of `width` floats (rows padded with zeros to `ld`, a
 // multiple of the kernel's vector) in `buffer` and points p.v_panels at them, when each KV head is
