@@ -159,7 +159,8 @@ TEST_P(EveryIsa, KeysAndValuesPackedOncePerCallKeepEveryTileEdge) {
                          .window_right = 0},
              check::Case{.b = 2, .nq = 129, .nk = 129, .hq = 8, .hkv = 2, .d = 128, .dtype = dt,
                          .mask = check::MaskKind::padding},
-             check::Case{.b = 2, .nq = 100, .nk = 150, .hq = 8, .hkv = 1, .d = 96, .dv = 200, .dtype = dt, .bhsd = true},
+             check::Case{.b = 2, .nq = 100, .nk = 150, .hq = 8, .hkv = 1, .d = 96, .dv = 200, .dtype = dt,
+                         .bhsd = true},
              check::Case{.nq = 130, .nk = 140, .hq = 8, .hkv = 1, .d = 37, .dtype = dt, .causal = true},
          }) {
       const check::CaseData data(c);

@@ -190,7 +190,7 @@ struct RowKeys {
 struct TileValues {
   const float* rows = nullptr;  // key 0 of the tile, or null for panels
   std::int64_t stride = 0;
-  const float* panels = nullptr;  // the KV head's first panel
+  const float* panels = nullptr;                 // the KV head's first panel
   std::int64_t panel_rows = 0, key = 0, ld = 0;  // key: the tile's first key row in the panels
   // Vector c0 (a multiple of DB) of the tile's key 0, and the floats from one key to the next.
   const float* at(std::int64_t c0, std::int64_t* step) const {
@@ -280,8 +280,9 @@ struct Item {
     if (p.v_panels != nullptr && p.v_panel_ld == DvP && p.v_panel_width == DB * N)
       vpanels = p.v_panels + kvh * p.v_panel_rows * DvP;
     if (p.k_rows != nullptr)
-      krows = static_cast<const char*>(p.k_rows) +
-              elem_size(p.k_row_dtype) * std::size_t((kvh * p.k_row_count + key_row_base(p, t.b)) * p.k_row_ld);
+      krows =
+          static_cast<const char*>(p.k_rows) +
+          elem_size(p.k_row_dtype) * std::size_t((kvh * p.k_row_count + key_row_base(p, t.b)) * p.k_row_ld);
   }
   // The tile at key kb in the call's value panels (null when they were not made).
   TileValues tile_panels(std::int64_t kb) const {
@@ -344,7 +345,8 @@ struct Item {
         for (std::int64_t c0 = 0; c0 < DvP / N; c0 += DB) {
           std::int64_t w;
           const auto* pr = reinterpret_cast<const char*>(tv.at(c0, &w));
-          for (std::size_t b = 0; b < std::size_t(w) * sizeof(float); b += 64) __builtin_prefetch(pr + b, 0, 2);
+          for (std::size_t b = 0; b < std::size_t(w) * sizeof(float); b += 64)
+            __builtin_prefetch(pr + b, 0, 2);
         }
         continue;
       }
@@ -369,9 +371,9 @@ struct Item {
   bool p_paired = false;  // the softmax stores P as the dot policy's bf16 key pairs (Bf16Dot::store_p)
   KeyRange keys;  // the keys the item's rows see (causal, window)
   std::size_t k_row_bytes = 0, v_row_bytes = 0;  // contiguous bytes of a K / V row (0: strided)
-  const std::uint32_t* vpairs = nullptr;           // this sequence and KV head's value pairs, if made
-  const float* vpanels = nullptr;                  // this KV head's value panels, if made
-  const char* krows = nullptr;                     // this sequence and KV head's packed key rows, if made
+  const std::uint32_t* vpairs = nullptr;         // this sequence and KV head's value pairs, if made
+  const float* vpanels = nullptr;                // this KV head's value panels, if made
+  const char* krows = nullptr;                   // this sequence and KV head's packed key rows, if made
 };
 
 // Sᵀ rows [j0, j0 + NK) of the tile through a dot policy's hooks (keys past cols: the last key

@@ -9,25 +9,27 @@ namespace mha::detail {
 
 namespace {
 
-// V of one (sequence, KV head), as elements of p.in_dtype.
-const char* head_values(const AttentionParams& p, const SeqSpan& s, std::int64_t h) {
-  return static_cast<const char*>(p.v) +
+// Key 0 of one (sequence, KV head) in p.k or p.v (`t`, with its strides), as elements of p.in_dtype.
+const char* head_start(const AttentionParams& p, const void* t, const std::int64_t* stride, const SeqSpan& s,
+                       std::int64_t h) {
+  return static_cast<const char*>(t) +
          elem_size(p.in_dtype) *
-             std::size_t(s.batch_index * p.v_stride[0] + s.k_offset * p.v_stride[1] + h * p.v_stride[2]);
+             std::size_t(s.batch_index * stride[0] + s.k_offset * stride[1] + h * stride[2]);
 }
 
 // Pair rows [0, ceil(len / 2)) of one (sequence, KV head): dst[j][c] = v[2j][c] | v[2j+1][c] << 16,
 // zero for c >= dv and for the missing partner of an odd last key.
 void pair_head(const AttentionParams& p, std::int64_t b, std::int64_t h, std::uint32_t* dst) {
   const SeqSpan s = seq_span(p, b);
-  const auto* v = reinterpret_cast<const std::uint16_t*>(head_values(p, s, h));
+  const auto* v = reinterpret_cast<const std::uint16_t*>(head_start(p, p.v, p.v_stride, s, h));
   const std::int64_t pairs = (s.len_k + 1) / 2, cs = p.v_stride[3];
   for (std::int64_t j = 0; j < pairs; ++j) {
     const std::uint16_t* a = v + 2 * j * p.v_stride[1];
     std::uint32_t* row = dst + j * p.v_pair_ld;
     if (2 * j + 1 < s.len_k) {
       const std::uint16_t* c = a + p.v_stride[1];
-      for (std::int64_t e = 0; e < p.dv; ++e) row[e] = std::uint32_t(a[e * cs]) | std::uint32_t(c[e * cs]) << 16;
+      for (std::int64_t e = 0; e < p.dv; ++e)
+        row[e] = std::uint32_t(a[e * cs]) | std::uint32_t(c[e * cs]) << 16;
     } else {
       for (std::int64_t e = 0; e < p.dv; ++e) row[e] = a[e * cs];
     }
@@ -39,7 +41,7 @@ void pair_head(const AttentionParams& p, std::int64_t b, std::int64_t h, std::ui
 // so V is read in order.
 void panel_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float* dst) {
   const SeqSpan s = seq_span(p, b);
-  const char* v = head_values(p, s, h);
+  const char* v = head_start(p, p.v, p.v_stride, s, h);
   const std::size_t esz = elem_size(p.in_dtype);
   const std::int64_t rows = p.v_panel_rows, ld = p.v_panel_ld, row0 = key_row_base(p, b);
   const bool in_place = p.in_dtype == DType::f32 && p.v_stride[3] == 1;
@@ -63,8 +65,7 @@ void panel_head(const AttentionParams& p, std::int64_t b, std::int64_t h, float*
 void key_rows_head(const AttentionParams& p, std::int64_t b, std::int64_t h, char* dst) {
   const SeqSpan s = seq_span(p, b);
   const std::size_t esz = elem_size(p.in_dtype), osz = elem_size(p.k_row_dtype);
-  const char* k = static_cast<const char*>(p.k) +
-                  esz * std::size_t(s.batch_index * p.k_stride[0] + s.k_offset * p.k_stride[1] + h * p.k_stride[2]);
+  const char* k = head_start(p, p.k, p.k_stride, s, h);
   char* out = dst + osz * std::size_t(key_row_base(p, b) * p.k_row_ld);
   const bool copy = p.in_dtype == p.k_row_dtype && p.k_stride[3] == 1;
   for (std::int64_t j = 0; j < s.len_k; ++j, out += osz * std::size_t(p.k_row_ld)) {
@@ -72,7 +73,8 @@ void key_rows_head(const AttentionParams& p, std::int64_t b, std::int64_t h, cha
     if (copy) {
       std::memcpy(out, src, std::size_t(p.d) * osz);
     } else if (p.k_row_dtype == DType::f32) {
-      for (std::int64_t e = 0; e < p.d; ++e) reinterpret_cast<float*>(out)[e] = load_f32(src, p.in_dtype, e * p.k_stride[3]);
+      for (std::int64_t e = 0; e < p.d; ++e)
+        reinterpret_cast<float*>(out)[e] = load_f32(src, p.in_dtype, e * p.k_stride[3]);
     } else {  // bf16 from strided bf16
       for (std::int64_t e = 0; e < p.d; ++e)
         std::memcpy(out + 2 * e, src + 2 * std::size_t(e * p.k_stride[3]), 2);
@@ -123,8 +125,9 @@ void prepare_value_panels(AttentionParams& p, std::int64_t ld, std::int64_t widt
   p.v_panel_rows = key_row_base(p, p.batch);
   p.v_panel_ld = ld;
   p.v_panel_width = width;
-  p.v_panels = pack_heads<float>(p, std::size_t(p.v_panel_rows * ld), buffer, max_bytes,
-                                 [&](std::int64_t b, std::int64_t h, float* head) { panel_head(p, b, h, head); });
+  p.v_panels =
+      pack_heads<float>(p, std::size_t(p.v_panel_rows * ld), buffer, max_bytes,
+                        [&](std::int64_t b, std::int64_t h, float* head) { panel_head(p, b, h, head); });
 }
 
 void prepare_key_rows(AttentionParams& p, DType as, std::int64_t block_q, AlignedBuffer& buffer,
@@ -134,8 +137,9 @@ void prepare_key_rows(AttentionParams& p, DType as, std::int64_t block_q, Aligne
   p.k_row_ld = as == DType::f32 ? p.d : (p.d + 1) / 2 * 2;
   p.k_row_count = key_row_base(p, p.batch);
   const std::size_t head_bytes = elem_size(as) * std::size_t(p.k_row_count * p.k_row_ld);
-  p.k_rows = pack_heads<char>(p, (head_bytes + 3) / 4, buffer, max_bytes,
-                              [&](std::int64_t b, std::int64_t h, char* head) { key_rows_head(p, b, h, head); });
+  p.k_rows =
+      pack_heads<char>(p, (head_bytes + 3) / 4, buffer, max_bytes,
+                       [&](std::int64_t b, std::int64_t h, char* head) { key_rows_head(p, b, h, head); });
 }
 
 }  // namespace mha::detail
