@@ -2,7 +2,6 @@
 // over the thread pool.
 #include <algorithm>
 #include <tuple>
-#include <utility>
 #include <vector>
 
 #include "kernels/flash_fwd.h"
@@ -62,11 +61,11 @@ void run_flash_fwd(const AttentionParams& call, FlashFwdKernel kernel) {
       return p.k_rows != nullptr;
     });
   } else {
-    // (vector width, DB vectors per P·V column block) of each kernel's f32 path
-    const auto [vec, width] = kernel == &avx512bf16::flash_fwd || kernel == &avx512::flash_fwd
-                                  ? std::pair<std::int64_t, std::int64_t>{16, 64}
-                              : kernel == &avx2::flash_fwd ? std::pair<std::int64_t, std::int64_t>{8, 16}
-                                                           : std::pair<std::int64_t, std::int64_t>{4, 8};
+    // The vector width of each kernel's f32 path, and its P·V column block (DB vectors)
+    const std::int64_t vec = kernel == &avx512bf16::flash_fwd || kernel == &avx512::flash_fwd ? 16
+                             : kernel == &avx2::flash_fwd                                     ? 8
+                                                                                              : 4;
+    const std::int64_t width = vec == 16 ? 4 * vec : 2 * vec;
     pack(kept_v, held_v, [&](AlignedBuffer& b, std::size_t max) {
       prepare_value_panels(p, padded(vec), width, kFlashBlockQ, b, max);
       return p.v_panels != nullptr;
