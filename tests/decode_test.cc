@@ -185,6 +185,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecodeTest,
                                            DecodeCase{"mqa32", 32, 1, 64, 1, {513, 2}},
                                            DecodeCase{"speculative", 8, 2, 80, 3, {3, 100, 520}},
                                            DecodeCase{"odd_head_dim", 6, 3, 7, 2, {2, 45}},
+                                           DecodeCase{"wide_group_odd_dim", 12, 1, 37, 1, {70, 33}},
                                            DecodeCase{"head_dim_1", 2, 1, 1, 1, {9}},
                                            DecodeCase{"head_dim_256", 4, 1, 256, 1, {290}}),
                          [](const auto& info) { return std::string(info.param.name); });

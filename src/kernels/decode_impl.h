@@ -26,6 +26,14 @@
 // dot rate, 32 multiply-adds per instruction in bf16 and int16 alike, so int8 at best ties bf16
 // there (int8 reads half the bytes, which MQA does not wait on, and adds q and P quantization).
 //
+// Without a dot product (AVX2, AVX-512F; f16 caches everywhere) every row block widens the f16 or
+// int8 elements it reads, 16 times per tile for the K rows of a 32-row MQA group on AVX2. Groups of
+// 4·SRB rows or more widen a score step's 4 K rows once, and groups of more than RB rows stage V as
+// f32 (widen_row, in the lane order the row blocks read, so the sums are the same bit for bit).
+// Side by side on one Zen 3 thread (AVX2, context 4096): 32/1 int8 10 % faster, now 12.5 % under
+// bf16's time at batch 1 and 3 % at batch 8 (it was 3-23 % over). bf16 rows stay in place: a paired
+// load is one load and two shifts per 2N elements, and widening them ahead gained nothing at 32/1
+// and cost 15 % at 32/8, where K was then widened for just 2 row blocks.
 // What bounds it now (Zen 4, 2 threads): 32/32 streams the cache at ~38 GB/s, at or above the
 // measured read ceiling; 32/8 reads 24-32 GB/s. Each (4-key score step, head) prefetches that
 // head's part of the same rows of the next tile into L2 (K and V: 2 KB at 128 dims): the K loads
@@ -138,6 +146,25 @@ void permute_row(const float* src, float* dst, std::int64_t d, bool to_paired) {
       }
   }
   for (; e < d; ++e) dst[e] = src[e];
+}
+
+// Row of d cache elements as f32 in DT's lane order (whole 2N blocks as load_pair gives them, the
+// rest in order): what score_quad and pv_block read from DT rows, converted once so that every row
+// block of a group reads f32 instead (kF32 gives the same sums, bit for bit).
+template <int DT>
+constexpr bool kWidened = !kDot<DT> && (DT == kI8 || DT == kF16);
+template <int DT>
+void widen_row(const void* row, std::int64_t d, float* dst) {
+  const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N);
+  std::int64_t e = 0;
+  for (; e < dv2; e += 2 * N) {
+    Vec::T a, b;
+    load_pair<DT>(row, e, a, b);
+    Vec::store(dst + e, a);
+    Vec::store(dst + e + N, b);
+  }
+  for (; e < dv; e += N) Vec::store(dst + e, load_vec<DT>(row, e));
+  for (; e < d; ++e) dst[e] = load_one<DT>(row, e);
 }
 
 struct Scratch {
@@ -739,6 +766,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   std::int64_t rows[T];
   float* kscale = scratch + stage_offset(p) + T * p.hkv * ld;  // [Hkv][T], after the V staging
   float* vscale = kscale + p.hkv * T;
+  // Non-f32 V rows read by more than one row block are staged as f32 (widen_row), else as they are.
+  const bool widen_v = kWidened<DT> && R > RB;
   const std::uint8_t *knext[T], *vnext[T];
   std::int64_t next_rows[T];
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
@@ -792,6 +821,18 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
           continue;
         }
 #endif
+        if constexpr (kWidened<DT>)
+          if (R >= 4 * SRB) {  // f16, bf16 and int8 keys widened once for all row blocks (essay)
+            alignas(64) float kf[4][decode_ld(kMaxHeadDim)];
+            const void* kk[4];
+            for (int i = 0; i < 4; ++i) {
+              widen_row<DT>(k[i], d, kf[i]);
+              kk[i] = kf[i];
+            }
+            for_row_blocks<SRB>(
+                R, [&](std::int64_t r0, auto rb) { score_quad<kF32, decltype(rb)::value>(w, d, r0, kk, t); });
+            continue;
+          }
         for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
 #if defined(__AVX512BF16__)
           if constexpr (kDot<DT>) return score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t);
@@ -814,8 +855,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
 #endif
     {
       for (std::int64_t t = 0; t < nt; ++t)
-        for (std::int64_t g = 0; g < p.hkv; ++g)
-          copy_bytes(stage_v + std::size_t(g * T + t) * hb, vbase[t] + g * hb, hb);
+        for (std::int64_t g = 0; g < p.hkv; ++g) {
+          if (widen_v)  // f32 [head][token] rows ld apart, converted once for all row blocks
+            widen_row<DT>(vbase[t] + g * hb, d, reinterpret_cast<float*>(stage_v) + (g * T + t) * ld);
+          else
+            copy_bytes(stage_v + std::size_t(g * T + t) * hb, vbase[t] + g * hb, hb);
+        }
     }
 #if defined(__AVX512BF16__)
     if (lanes) {
@@ -859,6 +904,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         continue;
       }
 #endif
+      if (widen_v) {
+        for (std::int64_t t = 0; t < nt; ++t) vrow[t] = reinterpret_cast<float*>(stage_v) + (g * T + t) * ld;
+        for_row_blocks<RB>(
+            R, [&](std::int64_t r0, auto rb) { pv_block<kF32, decltype(rb)::value>(w, d, r0, vrow, nt); });
+        continue;
+      }
       for (std::int64_t t = 0; t < nt; ++t) vrow[t] = stage_v + std::size_t(g * T + t) * hb;
       for_row_blocks<RB>(
           R, [&](std::int64_t r0, auto rb) { pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt); });
