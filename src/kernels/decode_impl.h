@@ -193,17 +193,23 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
 #pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) acc[r][i] = Vec::zero();
   for (std::int64_t e = 0; e < dv2; e += 2 * N) {
-    Vec::T a[4], b[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) load_pair<DT>(k[i], e, a[i], b[i]);
+    // The rows' q, then one key at a time: 4·rb accumulators, 2·rb q and one key's 2 vectors
+    // (15 of AVX2's 16 registers at rb = 2; all 4 keys' vectors at once spilled the accumulators).
+    Vec::T q0[rb], q1[rb];
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
-      Vec::T q0 = Vec::load(w.q + (r0 + r) * ld + e), q1 = Vec::load(w.q + (r0 + r) * ld + e + N);
-      __asm__("" : "+x"(q0), "+x"(q1));  // one load feeds the 4 keys (GCC would fold it into each FMA)
+      q0[r] = Vec::load(w.q + (r0 + r) * ld + e);
+      q1[r] = Vec::load(w.q + (r0 + r) * ld + e + N);
+      __asm__("" : "+x"(q0[r]), "+x"(q1[r]));  // one load feeds the 4 keys (GCC would fold it into each FMA)
+    }
 #pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) {
-        acc[r][i] = Vec::fmadd(q0, a[i], acc[r][i]);
-        acc[r][i] = Vec::fmadd(q1, b[i], acc[r][i]);
+    for (int i = 0; i < 4; ++i) {
+      Vec::T a, b;
+      load_pair<DT>(k[i], e, a, b);
+#pragma GCC unroll 4
+      for (int r = 0; r < rb; ++r) {
+        acc[r][i] = Vec::fmadd(q0[r], a, acc[r][i]);
+        acc[r][i] = Vec::fmadd(q1[r], b, acc[r][i]);
       }
     }
   }
