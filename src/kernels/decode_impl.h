@@ -152,8 +152,6 @@ void permute_row(const float* src, float* dst, std::int64_t d, bool to_paired) {
 // rest in order): what score_quad and pv_block read from DT rows, converted once so that every row
 // block of a group reads f32 instead (kF32 gives the same sums, bit for bit).
 template <int DT>
-constexpr bool kWidened = !kDot<DT> && (DT == kI8 || DT == kF16);
-template <int DT>
 void widen_row(const void* row, std::int64_t d, float* dst) {
   const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N);
   std::int64_t e = 0;
@@ -166,6 +164,10 @@ void widen_row(const void* row, std::int64_t d, float* dst) {
   for (; e < dv; e += N) Vec::store(dst + e, load_vec<DT>(row, e));
   for (; e < d; ++e) dst[e] = load_one<DT>(row, e);
 }
+
+// Caches whose rows wide groups widen once (widen_row): bf16's paired loads are as cheap as f32's.
+template <int DT>
+constexpr bool kWidened = !kDot<DT> && (DT == kI8 || DT == kF16);
 
 struct Scratch {
   float* q;           // [R][ld]
@@ -828,7 +830,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         }
 #endif
         if constexpr (kWidened<DT>)
-          if (R >= 4 * SRB) {  // f16, bf16 and int8 keys widened once for all row blocks (essay)
+          if (R >= 4 * SRB) {  // f16 and int8 keys widened once for all row blocks (essay)
             alignas(64) float kf[4][decode_ld(kMaxHeadDim)];
             const void* kk[4];
             for (int i = 0; i < 4; ++i) {
