@@ -262,6 +262,16 @@ TEST(Decode, LseAndLowPrecisionOutput) {
     std::memcpy(&f, &u, 4);
     EXPECT_NEAR(f, of[i], std::fabs(of[i]) / 128 + 1e-30) << i;
   }
+  // f32 out with gaps between elements (merged through a row buffer, not in place): the same bits,
+  // and the gaps untouched.
+  std::vector<float> wide(2 * of.size(), -7.f);
+  Tensor ow = Tensor::bshd(wide.data(), DType::f32, 2, 1, 4, 64);
+  ow.strides = {512, 512, 128, 2};
+  decode_attention(Tensor::bshd(qb.data(), DType::bf16, 2, 1, 4, 64), *b.cache, b.seqs, {}, ow);
+  for (std::size_t i = 0; i < of.size(); ++i) {
+    EXPECT_EQ(std::memcmp(&wide[2 * i], &of[i], 4), 0) << i;
+    EXPECT_EQ(wide[2 * i + 1], -7.f) << i;
+  }
   // lse against the oracle's, on the first sequence (q as the f32 values of its bf16).
   std::vector<float> k(300 * 2 * 64), v(k.size()), qf(4 * 64);
   b.cache->read(b.seqs[0], 0, 300, k.data(), v.data());
