@@ -81,9 +81,8 @@ void decode_attention(const Tensor& q, const KvCache& cache, std::span<const std
   for (std::int64_t b = 0; b < B; ++b)
     for (std::int64_t i = 0; i < Nq; ++i)
       for (std::int64_t h = 0; h < Hq; ++h)
-        for (std::int64_t e = 0; e < D; ++e)
-          qd[((b * Nq + i) * Hq + h) * D + e] = detail::load_f32(
-              q.data, q.dtype, b * q.strides[0] + i * q.strides[1] + h * q.strides[2] + e * q.strides[3]);
+        detail::load_row_f32(q.data, q.dtype, b * q.strides[0] + i * q.strides[1] + h * q.strides[2],
+                             q.strides[3], D, qd + ((b * Nq + i) * Hq + h) * D);
 
   const KvCache::Layout L = cache.layout();
   detail::DecodeParams p;

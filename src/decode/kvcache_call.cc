@@ -173,7 +173,8 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
     for (std::int64_t i = 0; i < n_new; ++i) {
       const std::int64_t pos = cache_seqlens[std::size_t(b)] + i, dst = row_of(b, pos) * row;
       for (std::int64_t h = 0; h < Hkv; ++h) {
-        for (std::int64_t e = 0; e < D; ++e) buf[std::size_t(e)] = detail::load_f32(o.k_new->data, q.dtype, offset(*o.k_new, b, i, h, e));
+        detail::load_row_f32(o.k_new->data, q.dtype, offset(*o.k_new, b, i, h, 0), o.k_new->strides[3], D,
+                             buf.data());
         if (o.rotary_cos != nullptr) rotate(buf.data(), *o.rotary_cos, *o.rotary_sin, pos, o.rotary_interleaved);
         for (std::int64_t e = 0; e < D; ++e) {
           detail::store_f32(k_cache.data, q.dtype, dst + h * D + e, buf[std::size_t(e)]);
@@ -189,7 +190,7 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
     for (std::int64_t i = 0; i < Nq; ++i)
       for (std::int64_t h = 0; h < Hq; ++h) {
         float* x = qf.data() + ((b * Nq + i) * Hq + h) * D;
-        for (std::int64_t e = 0; e < D; ++e) x[e] = detail::load_f32(q.data, q.dtype, offset(q, b, i, h, e));
+        detail::load_row_f32(q.data, q.dtype, offset(q, b, i, h, 0), q.strides[3], D, x);
         if (o.rotary_cos != nullptr) {  // rotated in f32 and stored in q's dtype, as FlashAttention does
           rotate(x, *o.rotary_cos, *o.rotary_sin, cache_seqlens[std::size_t(b)] + (o.causal || windowed ? i : 0),
                  o.rotary_interleaved);

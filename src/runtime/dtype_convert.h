@@ -74,6 +74,16 @@ static inline float load_f32(const void* base, DType t, std::int64_t index) {
   }
 }
 
+// n elements from `index`, `stride` apart, as f32 (rows of f32 and unit stride copied whole).
+static inline void load_row_f32(const void* base, DType t, std::int64_t index, std::int64_t stride,
+                                std::int64_t n, float* out) {
+  if (t == DType::f32 && stride == 1) {
+    std::memcpy(out, static_cast<const float*>(base) + index, std::size_t(n) * sizeof(float));
+    return;
+  }
+  for (std::int64_t e = 0; e < n; ++e) out[e] = load_f32(base, t, index + e * stride);
+}
+
 static inline void store_f32(void* base, DType t, std::int64_t index, float x) {
   switch (t) {
     case DType::f16: static_cast<std::uint16_t*>(base)[index] = f32_to_f16(x); break;
