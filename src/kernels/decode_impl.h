@@ -42,6 +42,9 @@
 // the prefetches themselves), 10777 into L2, 8157 into L2 a head at a time, so that the misses
 // asked for at once stay few; two tiles ahead was 3 % slower than one. On top, each step asks
 // for the next step's K (and each V pair the next pair) of the same head into L1: 8250 -> 7840.
+// On Zen 3 (AVX2, 2 threads, side by side) V is better left to the hardware, which follows the
+// row-order staging copy: without V's prefetches 32/8 bf16 ran 3-8 % faster (context 4096 batch 1
+// and 8, 32768), the other rows within the host's noise (32/32, 32/1, int8: 0.90-1.09 both ways).
 // The item's fixed work is vectorized (q to bf16, O back to natural order, no divisions per row):
 // it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
 #ifndef MHA_KERNEL_NS
@@ -67,6 +70,8 @@ constexpr std::int64_t T = kDecodeTile;
 constexpr int RB = 4;                 // query rows per P·V register block
 constexpr int SRB = N == 16 ? 4 : 2;  // query rows per score block (× 4 keys of accumulators)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Whether the next tile's V rows are asked for into L2 beside its K rows (essay): not on AVX2.
+constexpr bool kPrefetchNextV = N != 8;
 
 // Cache element types (DecodeParams::cache_dtype).
 enum : int { kF32 = 0, kF16 = 1, kBf16 = 2, kI8 = 3 };
@@ -798,7 +803,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         for (std::int64_t i = t; i < std::min(t + 4, nt_next); ++i)
           for (std::size_t b = g * hb; b < (g + 1) * hb; b += 64) {
             __builtin_prefetch(knext[i] + b, 0, 2);
-            __builtin_prefetch(vnext[i] + b, 0, 2);
+            if constexpr (kPrefetchNextV) __builtin_prefetch(vnext[i] + b, 0, 2);
           }
         for (std::int64_t i = t + 4; i < std::min(t + 8, nt); ++i)
           for (std::size_t b = g * hb; b < (g + 1) * hb; b += 64) __builtin_prefetch(kbase[i] + b, 0, 3);
