@@ -127,7 +127,7 @@ void expect_matches(const DecodeSetup& s, const std::vector<float>& got, const E
   const auto f = check::compare(std::span<const float>(e.forward), e.oracle);
   double yardstick = f.max_err;
   const bool bf16_yardstick =
-      s.config.dtype == CacheDType::bf16 || (s.config.dtype == CacheDType::int8 && isa == Isa::avx512bf16);
+      s.config.dtype == CacheDType::bf16 || (s.config.dtype == CacheDType::int8 && (isa == Isa::avx512bf16 || isa == Isa::avx2));
   if (bf16_yardstick)
     yardstick = std::max(yardstick, check::compare(std::span<const float>(e.naive_bf16), e.oracle).max_err);
   EXPECT_LE(a.max_err, 2 * yardstick + 1e-6 * a.max_ref)

@@ -26,14 +26,15 @@
 // dot rate, 32 multiply-adds per instruction in bf16 and int16 alike, so int8 at best ties bf16
 // there (int8 reads half the bytes, which MQA does not wait on, and adds q and P quantization).
 //
-// Without a dot product (AVX2, AVX-512F; f16 caches everywhere) every row block widens the f16 or
-// int8 elements it reads, 16 times per tile for the K rows of a 32-row MQA group on AVX2. Groups of
+// AVX2 int8 caches dot in integers too (vpmaddwd, two keys or 16 dims per instruction: essay in
+// decode_madd.h), which put int8 under bf16's time on every row measured on Zen 3.
+// Without a dot product (AVX-512F; f16 caches everywhere) every row block widens the f16 or
+// int8 elements it reads, 16 times per tile for the K rows of a 32-row MQA group. Groups of
 // 4·SRB rows or more widen a score step's 4 K rows once, and groups of more than RB rows stage V as
 // f32 (widen_row, in the lane order the row blocks read, so the sums are the same bit for bit).
-// Side by side on one Zen 3 thread (AVX2, context 4096): 32/1 int8 10 % faster, now 12.5 % under
-// bf16's time at batch 1 and 3 % at batch 8 (it was 3-23 % over). bf16 rows stay in place: a paired
-// load is one load and two shifts per 2N elements, and widening them ahead gained nothing at 32/1
-// and cost 15 % at 32/8, where K was then widened for just 2 row blocks.
+// bf16 rows stay in place: a paired load is one load and two shifts per 2N elements, and widening
+// them ahead gained nothing at 32/1 and cost 15 % at 32/8, where K was then widened for just 2 row
+// blocks.
 // What bounds it now (Zen 4, 2 threads): 32/32 streams the cache at ~38 GB/s, at or above the
 // measured read ceiling; 32/8 reads 24-32 GB/s. Each (4-key score step, head) prefetches that
 // head's part of the same rows of the next tile into L2 (K and V: 2 KB at 128 dims): the K loads
@@ -86,6 +87,16 @@ constexpr bool kDot = false;
 #endif
 template <int DT>
 constexpr bool kIntDot = kDot<DT> && DT == kI8;  // int8 caches dot in int16 (vpdpwssd)
+#if defined(__AVX2__) && !defined(__AVX512F__)
+#define MHA_DECODE_MADD 1  // this build has decode_madd.h's integer dots
+template <int DT>
+constexpr bool kMadd = DT == kI8;  // AVX2: int8 caches dot in int16 too (vpmaddwd, decode_madd.h)
+#else
+template <int DT>
+constexpr bool kMadd = false;
+#endif
+template <int DT>
+constexpr bool kIntQ = kIntDot<DT> || kMadd<DT>;  // q and P quantized to int16 per row
 
 template <int DT>
 Vec::T load_vec(const void* row, std::int64_t e) {
@@ -172,7 +183,7 @@ void widen_row(const void* row, std::int64_t d, float* dst) {
 
 // Caches whose rows wide groups widen once (widen_row): bf16's paired loads are as cheap as f32's.
 template <int DT>
-constexpr bool kWidened = !kDot<DT> && (DT == kI8 || DT == kF16);
+constexpr bool kWidened = !kDot<DT> && !kMadd<DT> && (DT == kI8 || DT == kF16);
 
 struct Scratch {
   float* q;           // [R][ld]
@@ -572,6 +583,10 @@ inline void unpermute_row(const float* o, std::int64_t d, float* out) {
 }
 #endif
 
+#if defined(MHA_DECODE_MADD)
+#include "kernels/decode_madd.h"
+#endif
+
 // O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb).
 template <int DT, int rb>
 void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt) {
@@ -749,17 +764,17 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       for (std::int64_t j = 0; j < G; ++j) {
         const std::int64_t r = g * R + i * G + j;
         const float* q = p.q + ((it.b * p.nq + i) * p.hq + g * G + j) * d;
-#if defined(__AVX512BF16__)
-        if constexpr (kDot<DT>) {
-          if constexpr (kIntDot<DT>)
-            quantize_row_i16(q, d, ld, all.qb + r * ld, all.qscale + r);
-          else
-            round_row_bf16(q, d, ld, all.qb + r * ld);
-        } else
+#if defined(__AVX512BF16__) || defined(MHA_DECODE_MADD)
+        if constexpr (kIntQ<DT>)
+          quantize_row_i16(q, d, ld, all.qb + r * ld, all.qscale + r);
+        else
 #endif
-        {
+#if defined(__AVX512BF16__)
+            if constexpr (kDot<DT>)
+          round_row_bf16(q, d, ld, all.qb + r * ld);
+        else
+#endif
           permute_row<DT>(q, all.q + r * ld, d, true);
-        }
         all.m[r] = kNegInf;
         all.l[r] = 0;
       }
@@ -834,6 +849,24 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
           continue;
         }
 #endif
+#if defined(MHA_DECODE_MADD)
+        if constexpr (kMadd<DT>) {
+          if (R >= 4 * SRB) {  // int8 keys widened to int16 once for all row blocks (decode_madd.h)
+            alignas(32) std::int16_t kw[4][decode_ld(kMaxHeadDim)];
+            const void* kk[4];
+            for (int i = 0; i < 4; ++i) {
+              widen_row_i16(k[i], d, ld, kw[i]);
+              kk[i] = kw[i];
+            }
+            for_row_blocks<SRB>(
+                R, [&](std::int64_t r0, auto rb) { score_quad_madd<kI16, decltype(rb)::value>(w, d, r0, kk, t); });
+          } else {
+            for_row_blocks<SRB>(
+                R, [&](std::int64_t r0, auto rb) { score_quad_madd<kI8, decltype(rb)::value>(w, d, r0, k, t); });
+          }
+          continue;
+        }
+#endif
         if constexpr (kWidened<DT>)
           if (R >= 4 * SRB) {  // f16 and int8 keys widened once for all row blocks (essay)
             alignas(64) float kf[4][decode_ld(kMaxHeadDim)];
@@ -866,6 +899,15 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         }
     } else
 #endif
+#if defined(MHA_DECODE_MADD)
+        if constexpr (kMadd<DT>) {  // V as int8 key pairs, [head][pair][ld·2]
+      auto* stage = reinterpret_cast<std::int8_t*>(stage_v);
+      for (std::int64_t t = 0; t < nt; t += 2)
+        for (std::int64_t g = 0; g < p.hkv; ++g)
+          stage_pair_i8(vbase[t] + g * hb, t + 1 < nt ? vbase[t + 1] + g * hb : nullptr, d,
+                         stage + (g * (T / 2) + t / 2) * ld * 2);
+    } else
+#endif
     {
       for (std::int64_t t = 0; t < nt; ++t)
         for (std::int64_t g = 0; g < p.hkv; ++g) {
@@ -890,12 +932,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     } else
 #endif
     {
-      softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntDot<DT> ? all.qscale : nullptr);
+      softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntQ<DT> ? all.qscale : nullptr);
+#if defined(__AVX512BF16__) || defined(MHA_DECODE_MADD)
+      if constexpr (kIntQ<DT>) pack_probabilities_i16(all, HR);
+#endif
 #if defined(__AVX512BF16__)
-      if constexpr (kIntDot<DT>)
-        pack_probabilities_i16(all, HR);
-      else if constexpr (kDot<DT>)
-        pack_probabilities(all, HR);
+      if constexpr (kDot<DT> && !kIntDot<DT>) pack_probabilities(all, HR);
 #endif
     }
     for (std::int64_t g = 0; g < p.hkv; ++g) {
@@ -914,6 +956,14 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         const auto* stage = reinterpret_cast<const std::uint16_t*>(stage_v) + g * (T / 2) * ld * 2;
         for_row_blocks<RB>(
             R, [&](std::int64_t r0, auto rb) { pv_dot<DT, decltype(rb)::value>(w, r0, stage, (nt + 1) / 2); });
+        continue;
+      }
+#endif
+#if defined(MHA_DECODE_MADD)
+      if constexpr (kMadd<DT>) {
+        const auto* stage = reinterpret_cast<const std::int8_t*>(stage_v) + g * (T / 2) * ld * 2;
+        for_row_blocks<RB>(
+            R, [&](std::int64_t r0, auto rb) { pv_madd<decltype(rb)::value>(w, d, r0, stage, (nt + 1) / 2); });
         continue;
       }
 #endif
