@@ -187,9 +187,9 @@ constexpr bool kWidened = !kDot<DT> && !kMadd<DT> && (DT == kI8 || DT == kF16);
 
 struct Scratch {
   float* q;           // [R][ld]
-  std::uint16_t* qb;  // [R][ld] q rounded to bf16, zero past d (kDot)
+  std::uint16_t* qb;  // [R][ld] q rounded to bf16 (kDot) or as int16 (kIntQ), zero past d
   float* s;           // [R][T] scores, then probabilities (times the V scale for int8)
-  std::uint32_t* pb;  // probabilities as bf16 pairs (kDot): [R][T/2], or [T/2][R] (pb_pair_stride R)
+  std::uint32_t* pb;  // P as bf16 (kDot) or int16 (kIntQ) pairs: [R][T/2], or [T/2][R] (pb_pair_stride R)
   float* o;           // [R][ld]
   float* m;           // [R] running max
   float* l;           // [R] running sum

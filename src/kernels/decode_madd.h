@@ -36,14 +36,17 @@ inline __m128i load_i8x16(const void* row, std::int64_t e, std::int64_t d) {
 // zero padded) as they are.
 template <int DT>
 __m256i load_i16x16(const void* row, std::int64_t e, std::int64_t d) {
-  if constexpr (DT == kI16) return _mm256_load_si256(reinterpret_cast<const __m256i*>(static_cast<const std::int16_t*>(row) + e));
+  if constexpr (DT == kI16)
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(static_cast<const std::int16_t*>(row) + e));
   return _mm256_cvtepi8_epi16(load_i8x16(row, e, d));
 }
 
 // Elements [0, dq) of the int16 chunks: d rounded up to 16 (q, K and V are zero past d).
 inline std::int64_t madd_width(std::int64_t d) { return (d + 15) / 16 * 16; }
 
-inline __m256i madd_add(__m256i acc, __m256i a, __m256i b) { return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b)); }
+inline __m256i madd_add(__m256i acc, __m256i a, __m256i b) {
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(a, b));
+}
 
 // out[0..4) = the sums of the int32 lanes of a, b, c, d (exact), as floats.
 inline void hsum4_i32(__m256i a, __m256i b, __m256i c, __m256i d, float* out) {
@@ -68,7 +71,8 @@ inline float hmax(__m256 x) {
 // q as int16 on a per-row scale (max |q| / 32767; round to nearest even, MXCSR's default), zero
 // from d to ld. A row with a non-finite element gets a NaN scale: its scores are NaN and the row
 // is poisoned, as with f32 q.
-inline void quantize_row_i16(const float* q, std::int64_t d, std::int64_t ld, std::uint16_t* dst, float* scale) {
+inline void quantize_row_i16(const float* q, std::int64_t d, std::int64_t ld, std::uint16_t* dst,
+                             float* scale) {
   const __m256 sign = _mm256_set1_ps(-0.f), zero = _mm256_setzero_ps();
   __m256 mx = zero, bad = zero;  // bad: NaN once an element is not finite
   std::int64_t e = 0;
@@ -103,7 +107,8 @@ inline void widen_row_i16(const void* row, std::int64_t d, std::int64_t ld, std:
 // Scores of rows [r0, r0 + rb) against keys t .. t + 3 (rows k[0..4), int8 or kI16), in units of
 // qscale · kscale (softmax_tile applies both): 4·rb int32 accumulators, 4 key chunks, one q chunk.
 template <int DT, int rb>
-void score_quad_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
+void score_quad_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k,
+                     std::int64_t t) {
   const std::int64_t ld = w.ld, dq = madd_width(d);
   __m256i acc[rb][4];
 #pragma GCC unroll 4
@@ -157,7 +162,8 @@ inline void stage_pair_i8(const void* a, const void* b, std::int64_t d, std::int
 // O[r] = O[r]·alpha[r] + pscale[r] · Σ_pairs (p pair)·(v pair) for rows [r0, r0 + rb), over `pairs`
 // staged key pairs (stage_pair_i8, ld·2 bytes apart): 2·rb int32 accumulators per 16 columns.
 template <int rb>
-void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_t* stage, std::int64_t pairs) {
+void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_t* stage,
+             std::int64_t pairs) {
   const std::int64_t ld = w.ld, dq = madd_width(d);
   for (std::int64_t e = 0; e < dq; e += 16) {
     __m256i lo[rb], hi[rb];
@@ -179,8 +185,10 @@ void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_
     for (int r = 0; r < rb; ++r) {
       float* o = w.o + (r0 + r) * ld + e;
       const __m256 a = _mm256_set1_ps(w.alpha[r0 + r]), ps = _mm256_set1_ps(w.pscale[r0 + r]);
-      _mm256_storeu_ps(o, _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo[r]), ps, _mm256_mul_ps(_mm256_loadu_ps(o), a)));
-      _mm256_storeu_ps(o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi[r]), ps, _mm256_mul_ps(_mm256_loadu_ps(o + 8), a)));
+      _mm256_storeu_ps(o,
+                       _mm256_fmadd_ps(_mm256_cvtepi32_ps(lo[r]), ps, _mm256_mul_ps(_mm256_loadu_ps(o), a)));
+      _mm256_storeu_ps(
+          o + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(hi[r]), ps, _mm256_mul_ps(_mm256_loadu_ps(o + 8), a)));
     }
   }
 }
