@@ -150,11 +150,7 @@ inline void gemm(std::int64_t M, std::int64_t nvec, std::int64_t K, const typena
 // dst[0..n) = src[0], src[stride], ... as f32, then zeros up to `padded`.
 inline void row_f32(const void* src, DType dt, std::int64_t stride, std::int64_t n, std::int64_t padded,
                     float* __restrict dst) {
-  if (dt == DType::f32 && stride == 1) {
-    std::memcpy(dst, src, std::size_t(n) * sizeof(float));
-  } else {
-    for (std::int64_t i = 0; i < n; ++i) dst[i] = load_f32(src, dt, i * stride);
-  }
+  load_row_f32(src, dt, 0, stride, n, dst);
   for (std::int64_t i = n; i < padded; ++i) dst[i] = 0.0f;
 }
 
