@@ -40,9 +40,12 @@
 //    12 % slower than Q·Kᵀ for the same FLOPs, stalled on the V loads). When 8 or more items
 //    read each KV head, V is copied once per call into column panels DB vectors wide
 //    (packed_kv.h), where a tile's slice is contiguous; side by side on one Zen 4 thread,
-//    2k 15 %, 2k causal 17 %, 4k 10 %, GQA 32/8 26 %, f16 7 % and AVX2 29 % faster. With 1 or 2
-//    items per head the copy cost more than it saved (6–8 %), so V stays in place there (f16/bf16
-//    rows converted into Vc per tile).
+//    2k 15 %, 2k causal 17 %, 4k 10 %, GQA 32/8 26 %, f16 7 % and AVX2 29 % faster. With fewer
+//    items per head that pass cost more than it saved (1 or 2 items: 6–8 %). There each tile's V
+//    is copied into Vc (contiguous rows; f16/bf16 converted) when its rows in place start on
+//    fewer set offsets than Vc's (l1_set_offsets), else read in place. BERT-large heads, 16 of 64
+//    floats, are 4 KB apart, all on one offset: (8,16,384,64) on Zen 3, 2 threads, 58 -> 40 ms;
+//    12 heads of 64, 11 %; where rows spread (5 heads) the copy cost up to 7 %.
 //  - Causal and window tiles that are only partly visible (the diagonal) skip what no row sees:
 //    Sᵀ blocks of query vectors that see none of a key group, and P·V keys past what a row block
 //    sees. P there is 0, so the sums are unchanged; it is half the diagonal tile's work.
@@ -70,6 +73,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <numeric>
 
 #include "kernels/flash_fwd.h"
 #include "kernels/philox.h"
@@ -177,6 +181,14 @@ inline void pv_block(const float* __restrict P, const float* __restrict V, std::
   for (int r = 0; r < NR; ++r)
 #pragma GCC unroll 8
     for (int c = 0; c < NC; ++c) Vec::store(O + (r0 + r) * ldo + (c0 + c) * N, acc[r][c]);
+}
+
+// Of L1's 64 set offsets (a 4 KB page of lines), how many rows `stride_bytes` apart start on.
+// Rows a multiple of 4 KB apart (16 heads of 64 floats) all share one: a tile's P·V slice, one
+// line per key in each of them, then cannot stay in L1 (8 ways).
+inline std::int64_t l1_set_offsets(std::int64_t stride_bytes) {
+  if (stride_bytes % 64 != 0) return 64;
+  return 64 / std::gcd(stride_bytes / 64 % 64, std::int64_t(64));  // gcd(0, 64) = 64: one offset
 }
 
 // Keys of a tile that a row sees: [jlo[r], jhi[r]), both non-decreasing in r (causal, window).
@@ -475,14 +487,15 @@ struct Fp32Dot {
   }
 
   // O = alpha·O + P·V, V from the call's panels, in place (f32 rows of unit stride and whole
-  // vectors), or converted into Vc.
+  // vectors, spread over L1's sets at least as well as Vc's), or converted into Vc.
   static void accumulate(Item& it, std::int64_t kb, std::int64_t cols) {
     const AttentionParams& p = it.p;
     RowKeys rk;
     it.row_keys(kb, cols, rk);
     TileValues tv = it.tile_panels(kb);
     const char* vtile = it.value_tile(kb);
-    if (tv.panels == nullptr && p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0) {
+    if (tv.panels == nullptr && p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0 &&
+        l1_set_offsets(p.v_stride[1] * 4) >= l1_set_offsets(it.DvP * 4)) {
       tv.rows = reinterpret_cast<const float*>(vtile);
       tv.stride = p.v_stride[1];
     } else if (tv.panels == nullptr) {
