@@ -13,14 +13,16 @@ namespace mha::detail {
 // Query rows per work item and keys per inner tile.
 inline constexpr std::int64_t kFlashBlockQ = 64;
 inline constexpr std::int64_t kFlashBlockK = 64;
-inline constexpr std::int64_t kFlashMaxDim = kMaxHeadDim;  // scratch is sized for the largest head dim
+inline constexpr std::int64_t kFlashMaxDim = kMaxHeadDim;      // scratch is sized for the largest head dim
+inline constexpr std::int64_t kFlashVcLd = kFlashMaxDim + 16;  // a V tile row, padded by up to a line
 
 // Floats of scratch a kernel needs per worker thread: Qᵀ, converted K and V tiles, the Sᵀ/Pᵀ tile,
 // a transposed mask tile, P in bf16 key pairs, the O tile, and per-row max, sum and rescale. Independent of
 // sequence lengths.
 inline constexpr std::int64_t kFlashScratchFloats =
-    kFlashMaxDim * kFlashBlockQ + 2 * kFlashBlockK * kFlashMaxDim + 2 * kFlashBlockK * kFlashBlockQ +
-    kFlashBlockK * kFlashBlockQ / 2 + kFlashBlockQ * kFlashMaxDim + 3 * kFlashBlockQ;
+    kFlashMaxDim * kFlashBlockQ + kFlashBlockK * (kFlashMaxDim + kFlashVcLd) +
+    2 * kFlashBlockK * kFlashBlockQ + kFlashBlockK * kFlashBlockQ / 2 + kFlashBlockQ * kFlashMaxDim +
+    3 * kFlashBlockQ;
 
 // One work item: query rows [q_begin, q_end) (local to sequence b) of query head h. Every output
 // row belongs to exactly one item, so items never combine results across threads.

@@ -253,14 +253,17 @@ struct Item {
     D = p.d;
     Dv = p.dv;
     DvP = round_up(Dv, N);
+    // One line more where DvP spans an even number of lines, so Vc's rows start on all 64 of L1's
+    // set offsets (l1_set_offsets) instead of 64 / 2^k: (4,32,256,128) 9 % faster on Zen 3.
+    vc_ld = DvP % 16 == 0 && DvP / 16 % 2 == 0 ? DvP + 16 : DvP;
     esz = elem_size(p.in_dtype);
     qv_rows = (rows + N - 1) / N;
     off = s.len_k - s.len_q;
     const std::int64_t kvh = t.h / (p.hq / p.hkv);
     Qt = scratch;                 // [D][BQ] (bf16 dot: [D/2][BQ] pairs)
     Kc = Qt + kFlashMaxDim * BQ;  // [BK][D] keys, when not read in place
-    Vc = Kc + BK * kFlashMaxDim;  // [BK][DvP] values, when not read in place (bf16 dot: key pairs)
-    S = Vc + BK * kFlashMaxDim;   // [BK][BQ] Sᵀ, then Pᵀ
+    Vc = Kc + BK * kFlashMaxDim;  // [BK][vc_ld] values, when not read in place (bf16 dot: [BK/2][DvP] key pairs)
+    S = Vc + BK * kFlashVcLd;     // [BK][BQ] Sᵀ, then Pᵀ
     Mt = S + BK * BQ;             // [BK][BQ] mask tile, transposed
     Pp = Mt + BK * BQ;            // [BK/2][BQ] bf16 dot: P in key pairs
     O = Pp + BK * BQ / 2;         // [BQ][DvP]
@@ -376,6 +379,7 @@ struct Item {
   FlashTile t;
   SeqSpan s;
   std::int64_t rows, D, Dv, DvP, qv_rows, off;
+  std::int64_t vc_ld;  // floats from one Vc row to the next (f32 paths)
   std::size_t esz, msz;
   float *Qt, *Kc, *Vc, *S, *Mt, *Pp, *O, *m, *l, *alpha;
   const char *qbase, *kbase, *vbase, *mbase;
@@ -495,17 +499,17 @@ struct Fp32Dot {
     TileValues tv = it.tile_panels(kb);
     const char* vtile = it.value_tile(kb);
     if (tv.panels == nullptr && p.in_dtype == DType::f32 && p.v_stride[3] == 1 && it.Dv % N == 0 &&
-        l1_set_offsets(p.v_stride[1] * 4) >= l1_set_offsets(it.DvP * 4)) {
+        l1_set_offsets(p.v_stride[1] * 4) >= l1_set_offsets(it.vc_ld * 4)) {
       tv.rows = reinterpret_cast<const float*>(vtile);
       tv.stride = p.v_stride[1];
     } else if (tv.panels == nullptr) {
       for (std::int64_t j = 0; j < cols; ++j) {
         to_f32(vtile + it.esz * std::size_t(j * p.v_stride[1]), p.in_dtype, p.v_stride[3], it.Dv,
-               it.Vc + j * it.DvP);
-        std::memset(it.Vc + j * it.DvP + it.Dv, 0, std::size_t(it.DvP - it.Dv) * sizeof(float));
+               it.Vc + j * it.vc_ld);
+        std::memset(it.Vc + j * it.vc_ld + it.Dv, 0, std::size_t(it.DvP - it.Dv) * sizeof(float));
       }
       tv.rows = it.Vc;
-      tv.stride = it.DvP;
+      tv.stride = it.vc_ld;
     }
     pv_tile(it.S, tv, rk, it.O, it.DvP, it.alpha, it.rows, it.DvP / N);
   }
