@@ -1,4 +1,4 @@
-// Flash decode against the forward kernel and the float64 oracle, on contiguous and paged caches of
+// Flash decode against the naive f32 path and the float64 oracle, on contiguous and paged caches of
 // every dtype; bitwise identities (batch, layout, threads); chunked prefill; the batching engine.
 #include "mha/decode.h"
 
@@ -76,10 +76,11 @@ std::vector<float> run_decode(const DecodeSetup& s, Built& b) {
   return out;
 }
 
-// The forward kernel and the oracle on what the cache holds (read back: exact for f32/f16/bf16,
-// the dequantized values for int8), one sequence at a time: Nq queries at the end, causal.
+// The naive f32 path and the oracle on what the cache holds (read back: exact for f32/f16/bf16,
+// the dequantized values for int8), one sequence at a time: Nq queries at the end, causal. Not
+// attention(): such a call is a decoding step and runs these very kernels (forward_as_decode.h).
 struct Expected {
-  std::vector<float> forward;
+  std::vector<float> naive;
   std::vector<float> naive_bf16;  // bf16 and int8 caches: the naive path with q, k, v in bf16
   std::vector<double> oracle;
 };
@@ -101,8 +102,9 @@ Expected expected(const DecodeSetup& s, Built& b) {
         Tensor::bshd(b.q.data() + std::int64_t(i) * s.nq * s.hq * d, DType::f32, 1, s.nq, s.hq, d);
     const Tensor kt = Tensor::bshd(k.data(), DType::f32, 1, L, hkv, d),
                  vt = Tensor::bshd(v.data(), DType::f32, 1, L, hkv, d);
-    attention(qt, kt, vt, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, d), {.causal = true});
-    e.forward.insert(e.forward.end(), out.begin(), out.end());
+    reference::attention_naive(qt, kt, vt, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, d),
+                               {.causal = true});
+    e.naive.insert(e.naive.end(), out.begin(), out.end());
     if (s.config.dtype == CacheDType::bf16 || s.config.dtype == CacheDType::int8) {
       // A bf16 cache is bf16 attention: the AVX-512 BF16 kernel rounds q (and P) to bf16 as the
       // naive bf16 path does, so that path is the yardstick of the same precision. So is an int8
@@ -124,14 +126,14 @@ Expected expected(const DecodeSetup& s, Built& b) {
 void expect_matches(const DecodeSetup& s, const std::vector<float>& got, const Expected& e,
                     const std::string& what, Isa isa) {
   const auto a = check::compare(std::span<const float>(got), e.oracle);
-  const auto f = check::compare(std::span<const float>(e.forward), e.oracle);
+  const auto f = check::compare(std::span<const float>(e.naive), e.oracle);
   double yardstick = f.max_err;
   const bool bf16_yardstick =
       s.config.dtype == CacheDType::bf16 || (s.config.dtype == CacheDType::int8 && (isa == Isa::avx512bf16 || isa == Isa::avx2));
   if (bf16_yardstick)
     yardstick = std::max(yardstick, check::compare(std::span<const float>(e.naive_bf16), e.oracle).max_err);
   EXPECT_LE(a.max_err, 2 * yardstick + 1e-6 * a.max_ref)
-      << what << ": decode " << a.max_err << ", forward " << f.max_err << ", same-precision naive "
+      << what << ": decode " << a.max_err << ", naive f32 " << f.max_err << ", same-precision naive "
       << yardstick;
   EXPECT_GE(a.pcc, 0.99999) << what;
 }
@@ -144,7 +146,7 @@ struct DecodeCase {
 
 class DecodeTest : public ::testing::TestWithParam<DecodeCase> {};
 
-TEST_P(DecodeTest, MatchesTheForwardKernelOnEveryLayoutDtypeAndIsa) {
+TEST_P(DecodeTest, MeetsTheNaiveBarOnEveryLayoutDtypeAndIsa) {
   const DecodeCase& c = GetParam();
   std::int64_t longest = 0;
   for (std::int64_t L : c.lengths) longest = std::max(longest, L);
@@ -216,6 +218,42 @@ TEST(Decode, BatchedStepEqualsPerSequenceStepsAndAnyThreadCount) {
     EXPECT_EQ(run_decode(s, b), batched) << threads << " threads";
   }
   set_num_threads(saved);
+}
+
+// attention() with one query per sequence, or a short causal step, on K and V laid out as a cache
+// (here a prefix of a longer one) is a decoding step and runs the decode kernels: bit for bit what
+// attention_with_kvcache gives on that cache, for any thread count. The accuracy of those calls
+// is the sweep's (check::sweep_cases, "decoding steps").
+TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
+  const std::int64_t B = 3, S = 700, Hq = 8, Hkv = 2, D = 64;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    for (const auto& [nq, causal] : {std::pair<std::int64_t, bool>{1, false}, {5, true}}) {
+      const std::vector<std::int32_t> lens(std::size_t(B), 600);
+      const std::size_t es = size_of(dt);
+      auto bytes = [&](std::size_t n, std::uint64_t seed) {
+        std::vector<float> f = check::normal_vector(n, seed);
+        std::vector<std::uint8_t> raw(n * es);
+        for (std::size_t i = 0; i < n; ++i) detail::store_f32(raw.data(), dt, std::int64_t(i), f[i]);
+        return raw;
+      };
+      auto kc = bytes(std::size_t(B * S * Hkv * D), 1), vc = bytes(kc.size() / es, 2);
+      auto q = bytes(std::size_t(B * nq * Hq * D), 3);
+      const Tensor qt = Tensor::bshd(q.data(), dt, B, nq, Hq, D);
+      std::vector<float> want(std::size_t(B * nq * Hq * D)), got(want.size());
+      attention_with_kvcache(qt, Tensor::bshd(kc.data(), dt, B, S, Hkv, D), Tensor::bshd(vc.data(), dt, B, S, Hkv, D),
+                             lens, Tensor::bshd(want.data(), DType::f32, B, nq, Hq, D), {.causal = causal});
+      Tensor k = Tensor::bshd(kc.data(), dt, B, S, Hkv, D), v = Tensor::bshd(vc.data(), dt, B, S, Hkv, D);
+      k.shape[1] = v.shape[1] = lens[0];  // the first 600 rows of each entry: a batch stride of S rows
+      const int saved = num_threads();
+      for (int threads : {1, 2, 5}) {
+        set_num_threads(threads);
+        std::fill(got.begin(), got.end(), -1.0f);
+        attention(qt, k, v, Tensor::bshd(got.data(), DType::f32, B, nq, Hq, D), {.causal = causal});
+        EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", " << threads << " threads";
+      }
+      set_num_threads(saved);
+    }
+  }
 }
 
 TEST(Decode, ExplicitCacheSeqlensSeeAPrefix) {

@@ -1,6 +1,7 @@
 #include "mha/attention.h"
 
 #include "api/validate.h"
+#include "decode/forward_as_decode.h"
 #include "kernels/flash_fwd.h"
 
 namespace mha {
@@ -8,6 +9,7 @@ namespace mha {
 void attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                const AttentionOptions& options, const Tensor* lse) {
   const detail::AttentionParams p = detail::validate_attention("attention", q, k, v, &out, options, lse);
+  if (detail::forward_as_decode(p, out, lse)) return;
   detail::run_flash_fwd(p, detail::flash_fwd_kernel(active_isa()));
 }
 

@@ -84,6 +84,16 @@ std::vector<Case> sweep_cases() {
   add({.nq = 64, .nk = 64, .hq = 1, .hkv = 1, .d = 64, .causal = true, .scale = -1000.0f});
   add({.nq = 30, .nk = 50, .hq = 1, .hkv = 1, .d = 8, .scale = 0.0f});
 
+  // Decoding steps through attention(): one query, or a causal step of up to 8, on K and V laid
+  // out as a cache run on the flash-decode kernels (decode/forward_as_decode.h): GQA, MQA, caches
+  // past one 256-key chunk (merged partials), Nq = Nk, head dims 1 and 256, large logits.
+  add({.b = 3, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 128});
+  add({.b = 2, .nq = 1, .nk = 513, .hq = 4, .hkv = 1, .d = 80, .causal = true});
+  add({.b = 2, .nq = 5, .nk = 260, .hq = 6, .hkv = 3, .d = 64, .causal = true});
+  add({.nq = 8, .nk = 8, .hq = 2, .hkv = 2, .d = 1, .causal = true});
+  add({.b = 2, .nq = 1, .nk = 70, .hq = 4, .hkv = 2, .d = 256, .out_f32 = false});
+  add({.nq = 2, .nk = 100, .hq = 2, .hkv = 1, .d = 64, .causal = true, .scale = 1000.0f});
+
   // Every case in every dtype.
   std::vector<Case> all;
   for (DType dt : {DType::f32, DType::f16, DType::bf16}) {

@@ -78,11 +78,7 @@ void decode_attention(const Tensor& q, const KvCache& cache, std::span<const std
   thread_local detail::AlignedBuffer qf;
   qf.resize(std::size_t(std::max<std::int64_t>(1, B * Nq * Hq * D)));
   float* qd = qf.data();
-  for (std::int64_t b = 0; b < B; ++b)
-    for (std::int64_t i = 0; i < Nq; ++i)
-      for (std::int64_t h = 0; h < Hq; ++h)
-        detail::load_row_f32(q.data, q.dtype, b * q.strides[0] + i * q.strides[1] + h * q.strides[2],
-                             q.strides[3], D, qd + ((b * Nq + i) * Hq + h) * D);
+  detail::load_view_f32(q.data, q.dtype, q.shape.data(), q.strides.data(), qd);
 
   const KvCache::Layout L = cache.layout();
   detail::DecodeParams p;

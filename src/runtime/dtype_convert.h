@@ -84,6 +84,15 @@ static inline void load_row_f32(const void* base, DType t, std::int64_t index, s
   for (std::int64_t e = 0; e < n; ++e) out[e] = load_f32(base, t, index + e * stride);
 }
 
+// The 4-D view at `base` (shape and element strides) as contiguous f32 rows in `out`.
+static inline void load_view_f32(const void* base, DType t, const std::int64_t* shape,
+                                 const std::int64_t* stride, float* out) {
+  for (std::int64_t a = 0; a < shape[0]; ++a)
+    for (std::int64_t b = 0; b < shape[1]; ++b)
+      for (std::int64_t c = 0; c < shape[2]; ++c, out += shape[3])
+        load_row_f32(base, t, a * stride[0] + b * stride[1] + c * stride[2], stride[3], shape[3], out);
+}
+
 static inline void store_f32(void* base, DType t, std::int64_t index, float x) {
   switch (t) {
     case DType::f16: static_cast<std::uint16_t*>(base)[index] = f32_to_f16(x); break;
