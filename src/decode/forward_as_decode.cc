@@ -60,22 +60,23 @@ bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor
   ids.resize(std::size_t(p.batch));
   std::iota(ids.begin(), ids.end(), 0);
   lens.assign(std::size_t(p.batch), std::int32_t(p.nk));
-  DecodeParams d;
-  d.q = qf.data();
-  d.k = p.k;
-  d.v = p.v;
-  d.cache_dtype = p.in_dtype == DType::f32 ? 0 : p.in_dtype == DType::f16 ? 1 : 2;
-  d.tables = ids.data();
-  d.blocks_per_seq = 1;
-  d.rows_per_block = p.batch == 1 ? p.nk : p.k_stride[0] / (p.hkv * p.d);
-  d.seqs = ids.data();
-  d.seqlens = lens.data();
-  d.batch = p.batch;
-  d.nq = p.nq;
-  d.hq = p.hq;
-  d.hkv = p.hkv;
-  d.d = p.d;
-  d.scale = p.scale;
+  const DecodeParams d{.q = qf.data(),
+                       .k = p.k,
+                       .v = p.v,
+                       .cache_dtype = p.in_dtype == DType::f32   ? 0
+                                      : p.in_dtype == DType::f16 ? 1
+                                                                 : 2,
+                       .tables = ids.data(),
+                       .blocks_per_seq = 1,
+                       .rows_per_block = p.batch == 1 ? p.nk : p.k_stride[0] / (p.hkv * p.d),
+                       .seqs = ids.data(),
+                       .seqlens = lens.data(),
+                       .batch = p.batch,
+                       .nq = p.nq,
+                       .hq = p.hq,
+                       .hkv = p.hkv,
+                       .d = p.d,
+                       .scale = p.scale};
   run_decode(d, out, lse);
   return true;
 }
