@@ -260,6 +260,19 @@ TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
         EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", " << threads << " threads";
       }
       set_num_threads(saved);
+      // Packed (varlen) whole caches: [1, B·S] rows, cu_seqlens_k = 0, S, 2S, ...
+      const std::vector<std::int32_t> full(static_cast<std::size_t>(B), static_cast<std::int32_t>(S));
+      attention_with_kvcache(qt, Tensor::bshd(kc.data(), dt, B, S, Hkv, D), Tensor::bshd(vc.data(), dt, B, S, Hkv, D),
+                             full, Tensor::bshd(want.data(), DType::f32, B, nq, Hq, D), {.causal = causal});
+      std::vector<std::int32_t> cu_q(std::size_t(B) + 1), cu_k(std::size_t(B) + 1);
+      for (std::int64_t b = 0; b <= B; ++b) {
+        cu_q[std::size_t(b)] = std::int32_t(b * nq);
+        cu_k[std::size_t(b)] = std::int32_t(b * S);
+      }
+      attention(Tensor::bshd(q.data(), dt, 1, B * nq, Hq, D), Tensor::bshd(kc.data(), dt, 1, B * S, Hkv, D),
+                Tensor::bshd(vc.data(), dt, 1, B * S, Hkv, D), Tensor::bshd(got.data(), DType::f32, 1, B * nq, Hq, D),
+                {.causal = causal, .cu_seqlens_q = cu_q, .cu_seqlens_k = cu_k});
+      EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", packed";
     }
   }
 }

@@ -93,6 +93,8 @@ std::vector<Case> sweep_cases() {
   add({.nq = 8, .nk = 8, .hq = 2, .hkv = 2, .d = 1, .causal = true});
   add({.b = 2, .nq = 1, .nk = 70, .hq = 4, .hkv = 2, .d = 256, .out_f32 = false});
   add({.nq = 2, .nk = 100, .hq = 2, .hkv = 1, .d = 64, .causal = true, .scale = 1000.0f});
+  add({.hq = 4, .hkv = 2, .d = 64, .seqlens_q = {1, 1, 1, 1}, .seqlens_k = {300, 5, 1, 64}});
+  add({.hq = 6, .hkv = 2, .d = 40, .causal = true, .seqlens_q = {3, 3}, .seqlens_k = {3, 290}});
 
   // Every case in every dtype.
   std::vector<Case> all;

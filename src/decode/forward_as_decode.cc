@@ -5,8 +5,9 @@
 // streams the whole K and V again. The decode kernels read each K/V byte once per group, with the
 // group's rows as one small matrix product per tile, and split long caches into chunks merged in a
 // fixed order (kernels/decode.h). Side by side on Zen 3 (2 threads, context 4096, 128 dims, batch
-// 8): 32/32 heads f32 114 -> 38 ms, 32/8 bf16 78 -> 8 ms. Both keep results bitwise identical for any
-// thread count; the decode kernels' accuracy is held to the same oracle bar (decode_test).
+// 8): 32/32 heads f32 113 -> 45 ms, 32/8 bf16 69 -> 9 ms. Both keep results bitwise identical for any
+// thread count, and meet the same oracle bar (the sweep's decoding-step cases). Packed (varlen)
+// batches qualify when every sequence has the same number of queries, as the decode kernels take.
 #include "decode/forward_as_decode.h"
 
 #include <cstdint>
@@ -29,12 +30,23 @@ namespace {
 // 64-row items fill their vectors.
 constexpr std::int64_t kMaxDecodeRows = 8;
 
+// K and V as a cache holds them: rows of Hkv·D elements, and (batched, not packed) sequences a
+// whole number of rows apart.
 bool cache_layout(const AttentionParams& p) {
   const std::int64_t row = p.hkv * p.d;
   for (int i = 0; i < 4; ++i)
     if (p.k_stride[i] != p.v_stride[i]) return false;
   if (p.k_stride[3] != 1 || p.k_stride[2] != p.d || p.k_stride[1] != row) return false;
-  return p.batch == 1 || (p.k_stride[0] % row == 0 && p.k_stride[0] / row >= p.nk);
+  return p.batch == 1 || p.cu_k != nullptr || (p.k_stride[0] % row == 0 && p.k_stride[0] / row >= p.nk);
+}
+
+// Every sequence has p.nq queries and at least as many keys.
+bool equal_steps(const AttentionParams& p) {
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    const SeqSpan s = seq_span(p, b);
+    if (s.len_q != p.nq || s.len_k < p.nq) return false;
+  }
+  return true;
 }
 
 // Every key visible to the one query, or a causal prefix (row i: keys [0, Nk - Nq + i]).
@@ -46,38 +58,59 @@ bool decode_visibility(const AttentionParams& p) {
 }  // namespace
 
 bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor* lse) {
-  if (p.cu_q != nullptr || p.mask != nullptr || p.dropout_p > 0.0f || p.d != p.dv || p.batch < 1 ||
-      p.nq < 1 || p.nq > kMaxDecodeRows || p.nk < p.nq || p.nk > std::numeric_limits<std::int32_t>::max() ||
-      !decode_visibility(p) || !cache_layout(p))
+  if (p.mask != nullptr || p.dropout_p > 0.0f || p.d != p.dv || p.batch < 1 || p.nq < 1 ||
+      p.nq > kMaxDecodeRows || p.nk > std::numeric_limits<std::int32_t>::max() || !decode_visibility(p) ||
+      !cache_layout(p) || !equal_steps(p))
     return false;
-  // q as contiguous f32 [batch, nq, hq, d] (a few rows), the identity block table: sequence b's
-  // rows start at row b·(k_stride[0] / row) of K and V.
+  // Packed sequences as a batch: sequence b's queries are rows b·nq.. of q, out and lse (cu_q
+  // starts at 0), and its keys start at row cu_k[b], which the block table says with blocks of
+  // one row (table = identity over the packed rows, entry b's table at offset cu_k[b]).
+  const bool packed = p.cu_q != nullptr;
+  const std::int64_t B = p.batch, nq = p.nq;
+  Tensor o = out;
+  o.shape = {B, nq, p.hq, p.d};
+  o.strides = {packed ? nq * out.strides[1] : out.strides[0], out.strides[1], out.strides[2], out.strides[3]};
+  Tensor l;
+  if (lse != nullptr) {
+    l = *lse;
+    l.shape = {B, p.hq, nq};
+    l.strides = {packed ? nq * lse->strides[2] : lse->strides[0], lse->strides[1], lse->strides[2]};
+  }
+  const std::int64_t q_shape[4] = {B, nq, p.hq, p.d};
+  const std::int64_t q_stride[4] = {packed ? nq * p.q_stride[1] : p.q_stride[0], p.q_stride[1], p.q_stride[2],
+                                    p.q_stride[3]};
   thread_local AlignedBuffer qf;
-  thread_local std::vector<std::int32_t> ids, lens;
-  qf.resize(std::size_t(p.batch * p.nq * p.hq * p.d));
-  const std::int64_t q_shape[4] = {p.batch, p.nq, p.hq, p.d};
-  load_view_f32(p.q, p.in_dtype, q_shape, p.q_stride, qf.data());
-  ids.resize(std::size_t(p.batch));
-  std::iota(ids.begin(), ids.end(), 0);
-  lens.assign(std::size_t(p.batch), std::int32_t(p.nk));
+  thread_local std::vector<std::int32_t> table, seqs, lens;
+  qf.resize(std::size_t(B * nq * p.hq * p.d));
+  load_view_f32(p.q, p.in_dtype, q_shape, q_stride, qf.data());
+  table.resize(std::size_t(packed ? p.cu_k[B] : B) + 1);
+  std::iota(table.begin(), table.end(), 0);
+  seqs.resize(std::size_t(B));
+  lens.resize(std::size_t(B));
+  for (std::int64_t b = 0; b < B; ++b) {
+    seqs[std::size_t(b)] = packed ? p.cu_k[b] : std::int32_t(b);
+    lens[std::size_t(b)] = std::int32_t(seq_span(p, b).len_k);
+  }
   const DecodeParams d{.q = qf.data(),
                        .k = p.k,
                        .v = p.v,
                        .cache_dtype = p.in_dtype == DType::f32   ? 0
                                       : p.in_dtype == DType::f16 ? 1
                                                                  : 2,
-                       .tables = ids.data(),
+                       .tables = table.data(),
                        .blocks_per_seq = 1,
-                       .rows_per_block = p.batch == 1 ? p.nk : p.k_stride[0] / (p.hkv * p.d),
-                       .seqs = ids.data(),
+                       .rows_per_block = packed   ? 1
+                                         : B == 1 ? p.nk
+                                                  : p.k_stride[0] / (p.hkv * p.d),
+                       .seqs = seqs.data(),
                        .seqlens = lens.data(),
-                       .batch = p.batch,
-                       .nq = p.nq,
+                       .batch = B,
+                       .nq = nq,
                        .hq = p.hq,
                        .hkv = p.hkv,
                        .d = p.d,
                        .scale = p.scale};
-  run_decode(d, out, lse);
+  run_decode(d, o, lse != nullptr ? &l : nullptr);
   return true;
 }
 
