@@ -448,8 +448,20 @@ struct Fp32Dot {
       return;
     }
 #endif
+    // Rows are heads × D apart, each on its own page, so the hardware prefetchers do not run ahead:
+    // asking for the row 16 ahead keeps misses in flight while rows are transposed (with the first
+    // tile's prefetch in run_item, BERT (8,16,384,64) 3 %, (4,32,256,128) 3 % faster on Zen 3).
+    constexpr std::int64_t kAhead = 16;
+    const std::size_t row_bytes = it.p.q_stride[3] == 1 ? it.esz * std::size_t(it.D) : 0;
+    const auto prefetch_row = [&](std::int64_t r) {
+      if (r >= it.rows) return;
+      const char* src = it.qbase + it.esz * std::size_t(r * it.p.q_stride[1]);
+      for (std::size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(src + b, 0, 3);
+    };
+    for (std::int64_t r = 0; r < kAhead; ++r) prefetch_row(r);
     float row[kFlashMaxDim];
     for (std::int64_t r = 0; r < BQ; ++r) {
+      prefetch_row(r + kAhead);
       if (r < it.rows) {
         to_f32(it.qbase + it.esz * std::size_t(r * it.p.q_stride[1]), it.p.in_dtype, it.p.q_stride[3], it.D,
                row);
@@ -710,6 +722,7 @@ bool run_item(const AttentionParams& p, const FlashTile& t, float* scratch) {
   Item it(p, t, scratch);
   // Dropout and the normalized pass change P after the softmax, so they keep it f32 until P·V.
   it.p_paired = Dot::kPairsP && !kNormalized && p.dropout_p == 0.0f;
+  if (it.keys.begin < it.keys.end) it.prefetch_next(it.keys.begin - BK, 0, BK);  // the first tile, while Q loads
   Dot::load_q(it);
   std::memset(it.O, 0, std::size_t(BQ * it.DvP) * sizeof(float));
   for (std::int64_t r = 0; r < BQ; ++r) {
