@@ -260,6 +260,28 @@ TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
         EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", " << threads << " threads";
       }
       set_num_threads(saved);
+      // PyTorch's layout: q, K, V and out as [B, H, S, D] (head stride S·D, token stride D).
+      auto to_bhsd = [&](const std::vector<std::uint8_t>& x, std::int64_t rows, std::int64_t heads) {
+        std::vector<std::uint8_t> y(x.size());
+        for (std::int64_t b = 0; b < B; ++b)
+          for (std::int64_t t = 0; t < rows; ++t)
+            for (std::int64_t h = 0; h < heads; ++h)
+              std::memcpy(&y[std::size_t(((b * heads + h) * rows + t) * D) * es],
+                          &x[std::size_t(((b * rows + t) * heads + h) * D) * es], std::size_t(D) * es);
+        return y;
+      };
+      auto qh = to_bhsd(q, nq, Hq), kh = to_bhsd(kc, S, Hkv), vh = to_bhsd(vc, S, Hkv);
+      Tensor kb = Tensor::bhsd(kh.data(), dt, B, S, Hkv, D), vb = Tensor::bhsd(vh.data(), dt, B, S, Hkv, D);
+      kb.shape[1] = vb.shape[1] = lens[0];
+      std::vector<float> got_h(got.size(), -1.0f);
+      attention(Tensor::bhsd(qh.data(), dt, B, nq, Hq, D), kb, vb, Tensor::bhsd(got_h.data(), DType::f32, B, nq, Hq, D),
+                {.causal = causal});
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t i = 0; i < nq; ++i)
+          for (std::int64_t h = 0; h < Hq; ++h)
+            for (std::int64_t e = 0; e < D; ++e)
+              got[std::size_t(((b * nq + i) * Hq + h) * D + e)] = got_h[std::size_t(((b * Hq + h) * nq + i) * D + e)];
+      EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", [B, H, S, D]";
       // Packed (varlen) whole caches: [1, B·S] rows, cu_seqlens_k = 0, S, 2S, ...
       const std::vector<std::int32_t> full(static_cast<std::size_t>(B), static_cast<std::int32_t>(S));
       attention_with_kvcache(qt, Tensor::bshd(kc.data(), dt, B, S, Hkv, D), Tensor::bshd(vc.data(), dt, B, S, Hkv, D),

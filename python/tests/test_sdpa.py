@@ -82,3 +82,21 @@ def test_torch_tensors_in_torch_tensors_out(rng):
     ref = forward(*(x.transpose(1, 2).double().numpy() for x in (q, q, q)), causal=True)[0].transpose(0, 2, 1, 3)
     naive = F.scaled_dot_product_attention(q, q, q, is_causal=True)
     assert_within_bar(out.double().numpy(), ref, naive.double().numpy(), "bf16")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decoding_step_on_a_bhsd_cache_prefix(rng, dtype):
+    """A generation step as HF calls SDPA: one query on the first 300 tokens of [B, Hkv, 512, D]
+    caches. It runs on the decode kernels in either layout: the same bits as flash_attn_func on
+    the same values in [B, S, H, D], and within the bar of the oracle."""
+    t = getattr(torch, dtype)
+    q = torch.from_numpy(bhsd(rng, 3, 8, 1, 64)).to(t)
+    kc, vc = (torch.from_numpy(bhsd(rng, 3, 2, 512, 64)).to(t) for _ in range(2))
+    k, v = kc[:, :, :300], vc[:, :, :300]  # views: heads 512·64 apart, batch 2·512·64
+    out = mha.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    flash = mha.flash_attn_func(*(x.transpose(1, 2).contiguous() for x in (q, k, v))).transpose(1, 2)
+    assert torch.equal(out, flash)
+    f64 = [x.double().numpy() for x in (q, k, v)]
+    f32 = [x.float().numpy() for x in (q, k, v)]
+    assert_within_bar(out.float().numpy(), reference(*f64, enable_gqa=True), naive_f32(*f32, enable_gqa=True),
+                      "f32" if dtype == "float32" else "bf16")

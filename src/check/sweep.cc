@@ -95,6 +95,10 @@ std::vector<Case> sweep_cases() {
   add({.nq = 2, .nk = 100, .hq = 2, .hkv = 1, .d = 64, .causal = true, .scale = 1000.0f});
   add({.hq = 4, .hkv = 2, .d = 64, .seqlens_q = {1, 1, 1, 1}, .seqlens_k = {300, 5, 1, 64}});
   add({.hq = 6, .hkv = 2, .d = 40, .causal = true, .seqlens_q = {3, 3}, .seqlens_k = {3, 290}});
+  // The same in PyTorch's layout ([B, H, S, D]: heads S·D apart, batched and packed).
+  add({.b = 2, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 128, .bhsd = true});
+  add({.b = 3, .nq = 4, .nk = 37, .hq = 4, .hkv = 1, .d = 24, .causal = true, .bhsd = true});
+  add({.hq = 4, .hkv = 2, .d = 32, .bhsd = true, .seqlens_q = {1, 1, 1}, .seqlens_k = {3, 270, 40}});
 
   // Every case in every dtype.
   std::vector<Case> all;

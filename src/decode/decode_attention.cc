@@ -85,6 +85,8 @@ void decode_attention(const Tensor& q, const KvCache& cache, std::span<const std
   p.q = qd;
   p.k = L.k;
   p.v = L.v;
+  p.token_stride = c.kv_heads * D;
+  p.head_stride = D;
   p.k_scale = L.k_scale;
   p.v_scale = L.v_scale;
   p.cache_dtype = int(c.dtype);

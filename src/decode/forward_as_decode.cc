@@ -30,14 +30,15 @@ namespace {
 // 64-row items fill their vectors.
 constexpr std::int64_t kMaxDecodeRows = 8;
 
-// K and V as a cache holds them: rows of Hkv·D elements, and (batched, not packed) sequences a
-// whole number of rows apart.
+// K and V with the same strides, each head's d elements contiguous, and (batched, not packed)
+// sequences a whole number of token strides apart: rows of Hkv·D as a cache holds them, or
+// PyTorch's [B, H, S, D] (token stride d, head stride S·d).
 bool cache_layout(const AttentionParams& p) {
-  const std::int64_t row = p.hkv * p.d;
   for (int i = 0; i < 4; ++i)
     if (p.k_stride[i] != p.v_stride[i]) return false;
-  if (p.k_stride[3] != 1 || p.k_stride[2] != p.d || p.k_stride[1] != row) return false;
-  return p.batch == 1 || p.cu_k != nullptr || (p.k_stride[0] % row == 0 && p.k_stride[0] / row >= p.nk);
+  const std::int64_t token = p.k_stride[1];
+  if (p.k_stride[3] != 1 || token < 1) return false;
+  return p.batch == 1 || p.cu_k != nullptr || (p.k_stride[0] % token == 0 && p.k_stride[0] / token >= p.nk);
 }
 
 // Every sequence has p.nq queries and at least as many keys.
@@ -94,6 +95,8 @@ bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor
   const DecodeParams d{.q = qf.data(),
                        .k = p.k,
                        .v = p.v,
+                       .token_stride = p.k_stride[1],
+                       .head_stride = p.k_stride[2],
                        .cache_dtype = p.in_dtype == DType::f32   ? 0
                                       : p.in_dtype == DType::f16 ? 1
                                                                  : 2,
@@ -101,7 +104,7 @@ bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor
                        .blocks_per_seq = 1,
                        .rows_per_block = packed   ? 1
                                          : B == 1 ? p.nk
-                                                  : p.k_stride[0] / (p.hkv * p.d),
+                                                  : p.k_stride[0] / p.k_stride[1],
                        .seqs = seqs.data(),
                        .seqlens = lens.data(),
                        .batch = B,

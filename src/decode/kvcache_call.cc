@@ -208,6 +208,7 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
   }
   if (decode) {
     const detail::DecodeParams p{.q = qf.data(), .k = k_cache.data, .v = v_cache.data,
+                                 .token_stride = Hkv * D, .head_stride = D,
                                  .cache_dtype = q.dtype == DType::f32 ? 0 : q.dtype == DType::f16 ? 1 : 2,
                                  .tables = tables, .blocks_per_seq = max_blocks, .rows_per_block = rows_per_block,
                                  .seqs = seqs.data(), .seqlens = lens.data(), .batch = B, .nq = Nq, .hq = Hq,

@@ -1,8 +1,8 @@
 // Contract of the flash-decode kernels: a few new query tokens per sequence against that sequence's
 // KV cache (contiguous or paged), one implementation per ISA behind one dispatch point.
 //
-// Work is split into items (sequence b, a chunk of kDecodeChunk cache tokens). For every KV head g,
-// an item computes, for all R = (Hq / Hkv) · Nq query rows that share g, the softmax partials
+// Work is split into items (sequence b, a chunk of kDecodeChunk cache tokens, its KV heads). For every KV
+// head g, an item computes, for all R = (Hq / Hkv) · Nq query rows that share g, the softmax partials
 // (running max m, sum l, unnormalized output o) over its chunk, so each K/V byte is read once per
 // group, not once per query head. Partials are merged per (b, g) in chunk order. The chunk size is
 // a constant, so the split and the merge order never depend on the thread count, the batch or the
@@ -22,8 +22,11 @@ inline constexpr std::int64_t kDecodeTile = 32;    // keys per inner tile
 // Plain data only (included by the per-ISA translation units).
 struct DecodeParams {
   const float* q = nullptr;  // [batch, nq, hq, d] f32, contiguous
-  const void* k = nullptr;   // cache rows of hkv·d elements
+  const void* k = nullptr;   // rows of hkv heads of d elements (one row per cached token)
   const void* v = nullptr;
+  // Elements from one row to the next and from one head of a row to the next: hkv·d and d in a
+  // cache, d and S·d in PyTorch's [B, H, S, D] (K and V alike).
+  std::int64_t token_stride = 0, head_stride = 0;
   const float* k_scale = nullptr;  // int8: [rows][hkv]
   const float* v_scale = nullptr;
   int cache_dtype = 0;                   // CacheDType as an int: 0 f32, 1 f16, 2 bf16, 3 int8
@@ -35,10 +38,12 @@ struct DecodeParams {
   float scale = 1;
 };
 
-// One item: keys [t0, t1) of batch entry b, all KV heads. `partial` receives Hkv·R rows of
-// (m, l, o[d]), group by group.
+// One item: keys [t0, t1) of batch entry b, KV heads [g0, g1). `partial` receives (g1 - g0)·R
+// rows of (m, l, o[d]), group by group. Items span all heads when a token's heads sit together
+// (a cache row), and one head when each head's tokens do (PyTorch's [B, H, S, D]): either way
+// the item reads its bytes as few forward streams.
 struct DecodeItem {
-  std::int64_t b, t0, t1;
+  std::int64_t b, t0, t1, g0, g1;
   float* partial;
 };
 

@@ -36,7 +36,7 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
   const std::int64_t G = p.hq / p.hkv, R = G * p.nq, part = p.hkv * R * (p.d + 2);
   // Items and partials are kept per calling thread and reused: steady-state steps allocate nothing.
   thread_local std::vector<DecodeItem> caller_items;
-  thread_local std::vector<std::int64_t> caller_first;  // first item of each sequence
+  thread_local std::vector<std::int64_t> caller_first;  // first chunk of each sequence
   thread_local AlignedBuffer caller_partials;
   std::vector<DecodeItem>& items = caller_items;
   std::vector<std::int64_t>& first = caller_first;
@@ -45,14 +45,18 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
   std::int64_t chunks = 0;
   for (std::int64_t b = 0; b < p.batch; ++b) chunks += (p.seqlens[b] + kDecodeChunk - 1) / kDecodeChunk;
   caller_partials.resize(std::size_t(std::max<std::int64_t>(1, chunks * part)));
-  float* partials = caller_partials.data();
-  for (std::int64_t b = 0; b < p.batch; ++b) {
-    first.push_back(std::int64_t(items.size()));
-    for (std::int64_t t0 = 0; t0 < p.seqlens[b]; t0 += kDecodeChunk)
-      items.push_back({b, t0, std::min(t0 + kDecodeChunk, std::int64_t(p.seqlens[b])),
-                       partials + std::int64_t(items.size()) * part});
+  float* partials = caller_partials.data();  // per chunk, all heads' rows
+  // Heads farther apart than tokens ([B, H, S, D]) are walked one item each, down their own rows:
+  // all heads at once would stride between hkv streams per token (essay in decode_impl.h).
+  const std::int64_t heads_per_item = p.head_stride > p.token_stride ? 1 : p.hkv;
+  for (std::int64_t b = 0, c = 0; b < p.batch; ++b) {
+    first.push_back(c);
+    for (std::int64_t t0 = 0; t0 < p.seqlens[b]; t0 += kDecodeChunk, ++c)
+      for (std::int64_t g0 = 0; g0 < p.hkv; g0 += heads_per_item)
+        items.push_back({b, t0, std::min(t0 + kDecodeChunk, std::int64_t(p.seqlens[b])), g0,
+                         g0 + heads_per_item, partials + c * part + g0 * R * (p.d + 2)});
   }
-  first.push_back(std::int64_t(items.size()));
+  first.push_back(chunks);
 
   const std::size_t scratch_floats = std::size_t(decode_scratch_floats(p));
   global_pool()->parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
@@ -69,7 +73,7 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
     weight.resize(std::size_t(i1 - i0));
     for (std::int64_t r = 0; r < R; ++r) {
       const std::int64_t i = r / G, h = g * G + r % G;
-      auto partial = [&](std::int64_t c) { return items[std::size_t(c)].partial + (g * R + r) * (p.d + 2); };
+      auto partial = [&](std::int64_t c) { return partials + c * part + (g * R + r) * (p.d + 2); };
       // A chunk whose l is NaN saw a poisoned score: the whole row is NaN (README, "NaN and inf").
       float M = -std::numeric_limits<float>::infinity();
       bool poisoned = false;
