@@ -68,7 +68,8 @@ def forward_shapes(mha, tmp, backward=False):
 
 def mha_forward(mha, s, min_time, tmp, backward=False):
     args = ["bench", "--shape", f"{s['b']},{s['hq']},{s['hkv']},{s['nq']},{s['nk']},{s['d']}",
-            "--dtype", s["dtype"], "--mask", s["mask"], "--min-time", str(min_time)]
+            "--dtype", s["dtype"], "--mask", s["mask"], "--layout", s.get("layout", "bshd"),
+            "--min-time", str(min_time)]
     if s["causal"]:
         args.append("--causal")
     if backward:
@@ -287,8 +288,9 @@ def main():
                     help="the forward table times the backward instead (mha bench --backward; torch "
                          "autograd through SDPA; ONNX Runtime has no attention backward)")
     ap.add_argument("--shape", action="append", default=[],
-                    help="forward shape B,Hq,Hkv,Nq,Nk,D[,causal][,padding][,bf16|f16] instead of the "
-                         "standard set (repeatable)")
+                    help="forward shape B,Hq,Hkv,Nq,Nk,D[,causal][,padding][,bf16|f16][,bhsd] instead of "
+                         "the standard set (repeatable; bhsd: mha's tensors in PyTorch's layout, as torch's "
+                         "always are)")
     ap.add_argument("--decode", action="append", default=[],
                     help="decode shape CONTEXT,HQ/HKV,BATCH instead of the standard set (repeatable)")
     ap.add_argument("--json", help="also write every record here")
@@ -316,7 +318,8 @@ def main():
                     dtype = next((f for f in flags if f in ("f32", "f16", "bf16")), "f32")
                     shapes.append({"name": "shape_" + text, "b": b, "hq": hq, "hkv": hkv, "nq": nq,
                                    "nk": nk, "d": d, "causal": "causal" in flags,
-                                   "mask": "padding" if "padding" in flags else "none", "dtype": dtype})
+                                   "mask": "padding" if "padding" in flags else "none", "dtype": dtype,
+                                   "layout": "bhsd" if "bhsd" in flags else "bshd"})
             else:
                 shapes = forward_shapes(a.mha, tmp, a.backward)
             runs = {s["name"]: {"mha": [], "torch": [], "ort": [], "why": {}} for s in shapes}

@@ -30,6 +30,7 @@ struct BenchArgs {
   bool causal = false;
   std::string dtype = "f32";
   std::string mask = "none";
+  std::string layout = "bshd";
   std::string json, plot;
   bool long_context = false;
   bool naive = false;
@@ -37,7 +38,7 @@ struct BenchArgs {
   double min_time = 0.5;
 };
 
-Case make_case(const std::vector<std::int64_t>& v, bool causal, DType dt, MaskKind mask) {
+Case make_case(const std::vector<std::int64_t>& v, bool causal, DType dt, MaskKind mask, bool bhsd = false) {
   return {.b = v[0],
           .nq = v[3],
           .nk = v[4],
@@ -46,7 +47,8 @@ Case make_case(const std::vector<std::int64_t>& v, bool causal, DType dt, MaskKi
           .d = v[5],
           .dtype = dt,
           .causal = causal,
-          .mask = mask};
+          .mask = mask,
+          .bhsd = bhsd};
 }
 
 std::vector<std::int64_t> parse_shape(const std::string& text) {
@@ -118,8 +120,9 @@ void run(const BenchArgs& args) {
   const DType dt = parse_dtype(args.dtype, "--dtype");
   const MaskKind mask = args.mask == "padding" ? MaskKind::padding : MaskKind::none;
   for (const auto& text : args.shapes)
-    shapes.push_back({"shape_" + text + (args.backward ? "_bwd" : ""),
-                      make_case(parse_shape(text), args.causal, dt, mask), args.naive && !args.backward,
+    shapes.push_back({"shape_" + text + (args.layout == "bhsd" ? "_bhsd" : "") + (args.backward ? "_bwd" : ""),
+                      make_case(parse_shape(text), args.causal, dt, mask, args.layout == "bhsd"),
+                      args.naive && !args.backward,
                       args.backward});
   if (args.long_context)
     shapes.push_back({"long_64k_causal", make_case({1, 8, 8, 65536, 65536, 128}, true, dt, mask)});
@@ -232,6 +235,7 @@ void run_bench(const std::vector<BenchShape>& shapes, double min_time, const std
                         {"causal", c.causal},
                         {"mask", c.mask == MaskKind::padding ? "padding" : "none"},
                         {"dtype", std::string(to_string(c.dtype))},
+                        {"layout", c.bhsd ? "bhsd" : "bshd"},
                         {"isa", std::string(to_string(isa))},
                         {"pass", s.backward ? "backward" : "forward"},
                         {"threads", num_threads()},
@@ -280,6 +284,9 @@ void add_bench(CLI::App& app) {
   cmd->add_option("--mask", args->mask,
                   "Mask for --shape: none or padding ([B,1,1,Nk], random valid lengths)")
       ->check(CLI::IsMember({"none", "padding"}));
+  cmd->add_option("--layout", args->layout,
+                  "Memory layout of q, k, v and out for --shape: bshd (FlashAttention's) or bhsd (PyTorch's)")
+      ->check(CLI::IsMember({"bshd", "bhsd"}));
   cmd->add_flag("--naive", args->naive, "Also time the naive path for --shape");
   cmd->add_flag("--backward", args->backward,
                 "Time the backward (dq, dk, dv) instead; without --shape, the backward's standard set");
