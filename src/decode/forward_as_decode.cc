@@ -97,9 +97,7 @@ bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor
                        .v = p.v,
                        .token_stride = p.k_stride[1],
                        .head_stride = p.k_stride[2],
-                       .cache_dtype = p.in_dtype == DType::f32   ? 0
-                                      : p.in_dtype == DType::f16 ? 1
-                                                                 : 2,
+                       .cache_dtype = cache_dtype_of(p.in_dtype),
                        .tables = table.data(),
                        .blocks_per_seq = 1,
                        .rows_per_block = packed   ? 1

@@ -209,7 +209,7 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
   if (decode) {
     const detail::DecodeParams p{.q = qf.data(), .k = k_cache.data, .v = v_cache.data,
                                  .token_stride = Hkv * D, .head_stride = D,
-                                 .cache_dtype = q.dtype == DType::f32 ? 0 : q.dtype == DType::f16 ? 1 : 2,
+                                 .cache_dtype = detail::cache_dtype_of(q.dtype),
                                  .tables = tables, .blocks_per_seq = max_blocks, .rows_per_block = rows_per_block,
                                  .seqs = seqs.data(), .seqlens = lens.data(), .batch = B, .nq = Nq, .hq = Hq,
                                  .hkv = Hkv, .d = D, .scale = scale};

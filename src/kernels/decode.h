@@ -62,6 +62,9 @@ inline std::int64_t stage_offset(const DecodeParams& p) {
   return (HR * (2 * ld + ld / 2 + kDecodeTile + kDecodeTile / 2 + 7) + 2 + 15) / 16 * 16;
 }
 
+// DecodeParams::cache_dtype of K and V held in an attention input dtype (f32, f16 or bf16).
+inline int cache_dtype_of(DType dt) { return dt == DType::f32 ? 0 : dt == DType::f16 ? 1 : 2; }
+
 using DecodeKernel = void (*)(const DecodeParams& p, const DecodeItem& item, float* scratch);
 
 namespace generic {
