@@ -224,6 +224,11 @@ TEST(Decode, BatchedStepEqualsPerSequenceStepsAndAnyThreadCount) {
   for (int threads : {1, 3, 8}) {
     set_num_threads(threads);
     EXPECT_EQ(run_decode(s, b), batched) << threads << " threads";
+    // One short sequence: fewer chunks than threads, so its heads are shared out among items.
+    std::vector<float> out(static_cast<std::size_t>(per));
+    decode_attention(Tensor::bshd(b.q.data() + per, DType::f32, 1, s.nq, s.hq, 64), *b.cache, {&b.seqs[1], 1}, {},
+                     Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, 64));
+    EXPECT_TRUE(std::equal(out.begin(), out.end(), batched.begin() + per)) << threads << " threads, one sequence";
   }
   set_num_threads(saved);
 }

@@ -47,26 +47,36 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
   caller_partials.resize(std::size_t(std::max<std::int64_t>(1, chunks * part)));
   float* partials = caller_partials.data();  // per chunk, all heads' rows
   // Heads farther apart than tokens ([B, H, S, D]) are walked one item each, down their own rows:
-  // all heads at once would stride between hkv streams per token (essay in decode_impl.h).
-  const std::int64_t heads_per_item = p.head_stride > p.token_stride ? 1 : p.hkv;
+  // all heads at once would stride between hkv streams per token (essay in decode_impl.h). A
+  // cache's rows hold all heads, read together, unless there are fewer chunks than threads (short
+  // contexts, small batches): then each chunk's heads are shared out so that every thread has work.
+  // Heads are computed independently, so the split changes no result.
+  const std::shared_ptr<ThreadPool> pool = global_pool();
+  std::int64_t heads_per_item = p.hkv;
+  if (p.head_stride > p.token_stride) {
+    heads_per_item = 1;
+  } else if (chunks < pool->size()) {
+    const std::int64_t parts = std::min<std::int64_t>(p.hkv, (pool->size() + chunks - 1) / chunks);
+    heads_per_item = (p.hkv + parts - 1) / parts;
+  }
   for (std::int64_t b = 0, c = 0; b < p.batch; ++b) {
     first.push_back(c);
     for (std::int64_t t0 = 0; t0 < p.seqlens[b]; t0 += kDecodeChunk, ++c)
       for (std::int64_t g0 = 0; g0 < p.hkv; g0 += heads_per_item)
         items.push_back({b, t0, std::min(t0 + kDecodeChunk, std::int64_t(p.seqlens[b])), g0,
-                         g0 + heads_per_item, partials + c * part + g0 * R * (p.d + 2)});
+                         std::min(g0 + heads_per_item, p.hkv), partials + c * part + g0 * R * (p.d + 2)});
   }
   first.push_back(chunks);
 
   const std::size_t scratch_floats = std::size_t(decode_scratch_floats(p));
-  global_pool()->parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
+  pool->parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
     thread_local AlignedBuffer scratch;
     scratch.resize(scratch_floats);
     kernel(p, items[std::size_t(i)], scratch.data());
   });
 
   // Merge each (b, g) group's chunks in chunk order: the same sums in the same order every time.
-  global_pool()->parallel_for(p.batch * p.hkv, [&](std::int64_t bg) {
+  pool->parallel_for(p.batch * p.hkv, [&](std::int64_t bg) {
     const std::int64_t b = bg / p.hkv, g = bg % p.hkv;
     const std::int64_t i0 = first[std::size_t(b)], i1 = first[std::size_t(b) + 1];
     thread_local std::vector<float> weight;
