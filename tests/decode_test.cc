@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "api/validate.h"
 #include "check/case.h"
@@ -287,6 +288,26 @@ TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
             for (std::int64_t e = 0; e < D; ++e)
               got[std::size_t(((b * nq + i) * Hq + h) * D + e)] = got_h[std::size_t(((b * Hq + h) * nq + i) * D + e)];
       EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", [B, H, S, D]";
+      // A padding mask hiding each sequence's first pads[b] keys (left padding, as batched
+      // generation pads its prompts, -inf or f32's lowest) is each sequence's own step on the rest.
+      const std::int64_t pads[B] = {0, 37, 300};
+      std::vector<float> mask(std::size_t(B * lens[0]), 0.0f);
+      for (std::int64_t b = 0; b < B; ++b)
+        for (std::int64_t j = 0; j < pads[b]; ++j)
+          mask[std::size_t(b * lens[0] + j)] = j % 2 ? -std::numeric_limits<float>::infinity()
+                                                     : std::numeric_limits<float>::lowest();
+      attention(qt, k, v, Tensor::bshd(got.data(), DType::f32, B, nq, Hq, D),
+                {.causal = causal, .mask = Tensor::contiguous(mask.data(), DType::f32, {B, 1, 1, lens[0]})});
+      for (std::int64_t b = 0; b < B; ++b) {
+        const std::size_t row = std::size_t((b * S + pads[b]) * Hkv * D) * es;
+        std::vector<float> one(std::size_t(nq * Hq * D));
+        attention(Tensor::bshd(q.data() + std::size_t(b * nq * Hq * D) * es, dt, 1, nq, Hq, D),
+                  Tensor::bshd(kc.data() + row, dt, 1, lens[0] - pads[b], Hkv, D),
+                  Tensor::bshd(vc.data() + row, dt, 1, lens[0] - pads[b], Hkv, D),
+                  Tensor::bshd(one.data(), DType::f32, 1, nq, Hq, D), {.causal = causal});
+        EXPECT_TRUE(std::equal(one.begin(), one.end(), got.begin() + b * nq * Hq * D))
+            << to_string(dt) << " nq " << nq << ", left padding " << pads[b];
+      }
       // Packed (varlen) whole caches: [1, B·S] rows, cu_seqlens_k = 0, S, 2S, ...
       const std::vector<std::int32_t> full(static_cast<std::size_t>(B), static_cast<std::int32_t>(S));
       attention_with_kvcache(qt, Tensor::bshd(kc.data(), dt, B, S, Hkv, D), Tensor::bshd(vc.data(), dt, B, S, Hkv, D),

@@ -100,3 +100,22 @@ def test_decoding_step_on_a_bhsd_cache_prefix(rng, dtype):
     f32 = [x.float().numpy() for x in (q, k, v)]
     assert_within_bar(out.float().numpy(), reference(*f64, enable_gqa=True), naive_f32(*f32, enable_gqa=True),
                       "f32" if dtype == "float32" else "bf16")
+
+
+def test_decoding_steps_under_a_padding_mask(rng):
+    """Batched generation pads prompts on the left and passes a bool mask [B, 1, 1, S]: each
+    sequence's step is its own step on its visible keys, bit for bit, and within the oracle's bar."""
+    q = torch.from_numpy(bhsd(rng, 3, 8, 1, 64))
+    k, v = (torch.from_numpy(bhsd(rng, 3, 2, 300, 64)) for _ in range(2))
+    pads = [0, 41, 290]
+    keep = torch.ones(3, 1, 1, 300, dtype=torch.bool)
+    for b, n in enumerate(pads):
+        keep[b, ..., :n] = False
+    out = mha.scaled_dot_product_attention(q, k, v, attn_mask=keep, enable_gqa=True)
+    for b, n in enumerate(pads):
+        one = mha.scaled_dot_product_attention(q[b:b + 1], k[b:b + 1, :, n:], v[b:b + 1, :, n:], enable_gqa=True)
+        assert torch.equal(out[b:b + 1], one), f"sequence {b}"
+    arrays = [x.numpy() for x in (q, k, v)]
+    mask = keep.numpy()
+    assert_within_bar(out.numpy(), reference(*[x.astype(np.float64) for x in arrays], attn_mask=mask, enable_gqa=True),
+                      naive_f32(*arrays, attn_mask=mask, enable_gqa=True), "f32")

@@ -99,6 +99,9 @@ std::vector<Case> sweep_cases() {
   add({.b = 2, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 128, .bhsd = true});
   add({.b = 3, .nq = 4, .nk = 37, .hq = 4, .hkv = 1, .d = 24, .causal = true, .bhsd = true});
   add({.hq = 4, .hkv = 2, .d = 32, .bhsd = true, .seqlens_q = {1, 1, 1}, .seqlens_k = {3, 270, 40}});
+  // Under a padding mask (each sequence's keys a prefix): the steps of batched generation.
+  add({.b = 4, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 64, .mask = MaskKind::padding});
+  add({.b = 3, .nq = 1, .nk = 70, .hq = 4, .hkv = 4, .d = 40, .mask = MaskKind::padding, .bhsd = true});
 
   // Every case in every dtype.
   std::vector<Case> all;

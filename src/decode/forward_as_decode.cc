@@ -7,7 +7,8 @@
 // fixed order (kernels/decode.h). Side by side on Zen 3 (2 threads, context 4096, 128 dims, batch
 // 8): 32/32 heads f32 113 -> 45 ms, 32/8 bf16 69 -> 9 ms. Both keep results bitwise identical for any
 // thread count, and meet the same oracle bar (the sweep's decoding-step cases). Packed (varlen)
-// batches qualify when every sequence has the same number of queries, as the decode kernels take.
+// batches qualify when every sequence has the same number of queries, as the decode kernels take,
+// and so do batched steps under a padding mask (visible_ranges: each sequence's visible keys).
 #include "decode/forward_as_decode.h"
 
 #include <cstdint>
@@ -56,13 +57,54 @@ bool decode_visibility(const AttentionParams& p) {
   return left_open && (p.nq == 1 || p.window_right == 0);
 }
 
+// A mask that only hides keys, as generation loops pass a padding mask: per sequence, one
+// contiguous range [lo, hi) of visible keys (0 there; -inf, or f32's or bf16's lowest, which exp
+// takes to 0 alike, elsewhere), the same for every head and query. Causal steps need hi = Nk
+// (bottom-right alignment counts from the last key). Else false.
+bool visible_ranges(const AttentionParams& p, std::vector<std::int32_t>& lo, std::vector<std::int32_t>& hi) {
+  if (p.cu_q != nullptr || (p.hq > 1 && p.mask_stride[1] != 0) || (p.nq > 1 && p.mask_stride[2] != 0))
+    return false;
+  lo.assign(std::size_t(p.batch), 0);
+  hi.assign(std::size_t(p.batch), 0);
+  for (std::int64_t b = 0; b < p.batch; ++b) {
+    std::int64_t first = -1, last = -1;
+    for (std::int64_t j = 0; j < p.nk; ++j) {
+      const float x = load_f32(p.mask, p.mask_dtype, b * p.mask_stride[0] + j * p.mask_stride[3]);
+      if (x == 0.0f) {
+        if (first < 0)
+          first = j;
+        else if (last != j - 1)
+          return false;  // a hidden key between visible ones
+        last = j;
+      } else if (!(x <= -3.38e38f)) {
+        return false;  // a bias, or a finite value exp does not take to 0
+      }
+    }
+    if (first < 0 || last + 1 - first < p.nq || (p.nq > 1 && last + 1 != p.nk)) return false;
+    lo[std::size_t(b)] = std::int32_t(first);
+    hi[std::size_t(b)] = std::int32_t(last + 1);
+  }
+  return true;
+}
+
 }  // namespace
 
 bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor* lse) {
-  if (p.mask != nullptr || p.dropout_p > 0.0f || p.d != p.dv || p.batch < 1 || p.nq < 1 ||
-      p.nq > kMaxDecodeRows || p.nk > std::numeric_limits<std::int32_t>::max() || !decode_visibility(p) ||
-      !cache_layout(p) || !equal_steps(p))
+  if (p.dropout_p > 0.0f || p.d != p.dv || p.batch < 1 || p.nq < 1 || p.nq > kMaxDecodeRows ||
+      p.nk > std::numeric_limits<std::int32_t>::max() || !decode_visibility(p) || !cache_layout(p) ||
+      !equal_steps(p))
     return false;
+  thread_local std::vector<std::int32_t> lo, hi;  // keys each sequence sees, under a mask
+  const bool masked = p.mask != nullptr;
+  if (masked && !visible_ranges(p, lo, hi)) return false;
+  // Rows from one sequence to the next (batched); masked steps start each sequence at its first
+  // visible key, so they take the one-row blocks too.
+  const std::int64_t rows = p.batch == 1 ? p.nk : p.k_stride[0] / p.k_stride[1];
+  const std::int64_t table_rows = (p.cu_q != nullptr ? p.cu_k[p.batch]
+                                   : masked          ? p.batch * rows
+                                                     : p.batch) +
+                                  1;
+  if (table_rows > std::numeric_limits<std::int32_t>::max()) return false;
   // Packed sequences as a batch: sequence b's queries are rows b·nq.. of q, out and lse (cu_q
   // starts at 0), and its keys start at row cu_k[b], which the block table says with blocks of
   // one row (table = identity over the packed rows, entry b's table at offset cu_k[b]).
@@ -84,13 +126,19 @@ bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor
   thread_local std::vector<std::int32_t> table, seqs, lens;
   qf.resize(std::size_t(B * nq * p.hq * p.d));
   load_view_f32(p.q, p.in_dtype, q_shape, q_stride, qf.data());
-  table.resize(std::size_t(packed ? p.cu_k[B] : B) + 1);
-  std::iota(table.begin(), table.end(), 0);
+  if (std::int64_t(table.size()) < table_rows) {  // an identity table, grown once and kept
+    const std::size_t had = table.size();
+    table.resize(std::size_t(table_rows));
+    std::iota(table.begin() + std::ptrdiff_t(had), table.end(), std::int32_t(had));
+  }
   seqs.resize(std::size_t(B));
   lens.resize(std::size_t(B));
   for (std::int64_t b = 0; b < B; ++b) {
-    seqs[std::size_t(b)] = packed ? p.cu_k[b] : std::int32_t(b);
-    lens[std::size_t(b)] = std::int32_t(seq_span(p, b).len_k);
+    seqs[std::size_t(b)] = packed   ? p.cu_k[b]
+                           : masked ? std::int32_t(b * rows + lo[std::size_t(b)])
+                                    : std::int32_t(b);
+    lens[std::size_t(b)] =
+        masked ? hi[std::size_t(b)] - lo[std::size_t(b)] : std::int32_t(seq_span(p, b).len_k);
   }
   const DecodeParams d{.q = qf.data(),
                        .k = p.k,
@@ -100,9 +148,7 @@ bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor
                        .cache_dtype = cache_dtype_of(p.in_dtype),
                        .tables = table.data(),
                        .blocks_per_seq = 1,
-                       .rows_per_block = packed   ? 1
-                                         : B == 1 ? p.nk
-                                                  : p.k_stride[0] / p.k_stride[1],
+                       .rows_per_block = packed || masked ? 1 : rows,
                        .seqs = seqs.data(),
                        .seqlens = lens.data(),
                        .batch = B,
