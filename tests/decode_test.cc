@@ -202,36 +202,41 @@ INSTANTIATE_TEST_SUITE_P(Shapes, DecodeTest,
                          [](const auto& info) { return std::string(info.param.name); });
 
 TEST(Decode, BatchedStepEqualsPerSequenceStepsAndAnyThreadCount) {
-  const DecodeSetup s{{.kv_heads = 2,
-                       .head_dim = 64,
-                       .dtype = CacheDType::bf16,
-                       .max_seqs = 4,
-                       .max_seq_len = 2000,
-                       .block_size = 16},
-                      8,
-                      2,
-                      {1500, 3, 700, 256}};
-  Built b = build(s);
-  const std::vector<float> batched = run_decode(s, b);
-  const std::int64_t per = s.nq * s.hq * 64;
-  for (std::size_t i = 0; i < s.lengths.size(); ++i) {
-    std::vector<float> out(static_cast<std::size_t>(per));
-    decode_attention(Tensor::bshd(b.q.data() + std::int64_t(i) * per, DType::f32, 1, s.nq, s.hq, 64),
-                     *b.cache, {&b.seqs[i], 1}, {}, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, 64));
-    EXPECT_TRUE(std::equal(out.begin(), out.end(), batched.begin() + std::int64_t(i) * per))
-        << "sequence " << i;
+  for (CacheDType dt : {CacheDType::bf16, CacheDType::int8}) {
+    SCOPED_TRACE(dt == CacheDType::bf16 ? "bf16" : "int8");
+    const DecodeSetup s{{.kv_heads = 2,
+                         .head_dim = 64,
+                         .dtype = dt,
+                         .max_seqs = 4,
+                         .max_seq_len = 2000,
+                         .block_size = 16},
+                        8,
+                        2,
+                        {1500, 3, 700, 256}};
+    Built b = build(s);
+    const std::vector<float> batched = run_decode(s, b);
+    const std::int64_t per = s.nq * s.hq * 64;
+    for (std::size_t i = 0; i < s.lengths.size(); ++i) {
+      std::vector<float> out(static_cast<std::size_t>(per));
+      decode_attention(Tensor::bshd(b.q.data() + std::int64_t(i) * per, DType::f32, 1, s.nq, s.hq, 64),
+                       *b.cache, {&b.seqs[i], 1}, {},
+                       Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, 64));
+      EXPECT_TRUE(std::equal(out.begin(), out.end(), batched.begin() + std::int64_t(i) * per))
+          << "sequence " << i;
+    }
+    const int saved = num_threads();
+    for (int threads : {1, 3, 8}) {
+      set_num_threads(threads);
+      EXPECT_EQ(run_decode(s, b), batched) << threads << " threads";
+      // One short sequence: fewer chunks than threads, so its heads are shared out among items.
+      std::vector<float> out(static_cast<std::size_t>(per));
+      decode_attention(Tensor::bshd(b.q.data() + per, DType::f32, 1, s.nq, s.hq, 64), *b.cache,
+                       {&b.seqs[1], 1}, {}, Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, 64));
+      EXPECT_TRUE(std::equal(out.begin(), out.end(), batched.begin() + per))
+          << threads << " threads, one sequence";
+    }
+    set_num_threads(saved);
   }
-  const int saved = num_threads();
-  for (int threads : {1, 3, 8}) {
-    set_num_threads(threads);
-    EXPECT_EQ(run_decode(s, b), batched) << threads << " threads";
-    // One short sequence: fewer chunks than threads, so its heads are shared out among items.
-    std::vector<float> out(static_cast<std::size_t>(per));
-    decode_attention(Tensor::bshd(b.q.data() + per, DType::f32, 1, s.nq, s.hq, 64), *b.cache, {&b.seqs[1], 1}, {},
-                     Tensor::bshd(out.data(), DType::f32, 1, s.nq, s.hq, 64));
-    EXPECT_TRUE(std::equal(out.begin(), out.end(), batched.begin() + per)) << threads << " threads, one sequence";
-  }
-  set_num_threads(saved);
 }
 
 // attention() with one query per sequence, or a short causal step, on K and V laid out as a cache
