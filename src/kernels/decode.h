@@ -41,7 +41,8 @@ struct DecodeParams {
 // One item: keys [t0, t1) of batch entry b, KV heads [g0, g1). `partial` receives (g1 - g0)·R
 // rows of (m, l, o[d]), group by group. Items span all heads when a token's heads sit together
 // (a cache row), and one head when each head's tokens do (PyTorch's [B, H, S, D]): either way
-// the item reads its bytes as few forward streams.
+// the item reads its bytes as few forward streams. With fewer chunks than threads a chunk's heads
+// are shared out instead (run_decode).
 struct DecodeItem {
   std::int64_t b, t0, t1, g0, g1;
   float* partial;
