@@ -46,6 +46,15 @@
 // On Zen 3 (AVX2, 2 threads, side by side) V is better left to the hardware, which follows the
 // row-order staging copy: without V's prefetches 32/8 bf16 ran 3-8 % faster (context 4096 batch 1
 // and 8, 32768), the other rows within the host's noise (32/32, 32/1, int8: 0.90-1.09 both ways).
+// MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
+// keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
+// chains kept the two FMA pipes a quarter to half busy. One row takes 8 keys per score step and 8 O
+// vectors per P·V pass (2 rows: 4), so 8 chains run at once; every sum keeps its order, so results
+// are unchanged bit for bit. Items of one KV head read V rows in place instead of staging them:
+// the copy was there to read rows of many heads front to back, and for one head it only moved the
+// same bytes (45 % of the samples of a 32/32 f32 step in L3). Side by side on one Zen 3 thread,
+// context 256 from L3: 32/32 f32 575 -> 525 µs, bf16 436 -> 416; in PyTorch's layout
+// (1,32,32,1,256) f32, 2 threads, 0.24 -> 0.19 ms.
 // The item's fixed work is vectorized (q to bf16, O back to natural order, no divisions per row):
 // it had cost up to 15 % of a 256-token item; 32/1 gained 14-20 %.
 #ifndef MHA_KERNEL_NS
@@ -200,16 +209,19 @@ struct Scratch {
   std::int64_t pb_row_stride = T / 2, pb_pair_stride = 1;
 };
 
-// Scores of rows [r0, r0 + rb) against keys t .. t + 3 (rows k[0..4)): s[r][t + i] = q_r · k_i,
-// unscaled. Keys past the tile repeat its last key; the softmax masks them.
-template <int DT, int rb>
+// Scores of rows [r0, r0 + rb) against keys t .. t + KQ - 1 (rows k[0..KQ)): s[r][t + i] = q_r · k_i,
+// unscaled. Keys past the tile repeat its last key; the softmax masks them. Each (row, key) sums in
+// one accumulator whose FMAs wait on each other: a single row takes 8 keys at once (KQ = 8), so
+// that 8 chains keep both FMA pipes busy (4 had run it at half the FMA rate); the sums are the
+// same, bit for bit.
+template <int DT, int rb, int KQ = 4>
 void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
   const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N), ld = w.ld;
-  Vec::T acc[rb][4];
+  Vec::T acc[rb][KQ];
 #pragma GCC unroll 4
   for (int r = 0; r < rb; ++r)
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) acc[r][i] = Vec::zero();
+#pragma GCC unroll 8
+    for (int i = 0; i < KQ; ++i) acc[r][i] = Vec::zero();
   for (std::int64_t e = 0; e < dv2; e += 2 * N) {
     // The rows' q, then one key at a time: 4·rb accumulators, 2·rb q and one key's 2 vectors
     // (15 of AVX2's 16 registers at rb = 2; all 4 keys' vectors at once spilled the accumulators).
@@ -220,8 +232,8 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
       q1[r] = Vec::load(w.q + (r0 + r) * ld + e + N);
       __asm__("" : "+x"(q0[r]), "+x"(q1[r]));  // one load feeds the 4 keys (GCC would fold it into each FMA)
     }
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) {
+#pragma GCC unroll 8
+    for (int i = 0; i < KQ; ++i) {
       Vec::T a, b;
       load_pair<DT>(k[i], e, a, b);
 #pragma GCC unroll 4
@@ -232,23 +244,24 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
     }
   }
   for (std::int64_t e = dv2; e < dv; e += N) {
-    Vec::T a[4];
-#pragma GCC unroll 4
-    for (int i = 0; i < 4; ++i) a[i] = load_vec<DT>(k[i], e);
+    Vec::T a[KQ];
+#pragma GCC unroll 8
+    for (int i = 0; i < KQ; ++i) a[i] = load_vec<DT>(k[i], e);
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
       Vec::T qv = Vec::load(w.q + (r0 + r) * ld + e);
       __asm__("" : "+x"(qv));
-#pragma GCC unroll 4
-      for (int i = 0; i < 4; ++i) acc[r][i] = Vec::fmadd(qv, a[i], acc[r][i]);
+#pragma GCC unroll 8
+      for (int i = 0; i < KQ; ++i) acc[r][i] = Vec::fmadd(qv, a[i], acc[r][i]);
     }
   }
 #pragma GCC unroll 4
   for (int r = 0; r < rb; ++r) {
     float* s = w.s + (r0 + r) * T + t;
-    Vec::hsum4(acc[r][0], acc[r][1], acc[r][2], acc[r][3], s);
+#pragma GCC unroll 2
+    for (int i = 0; i < KQ; i += 4) Vec::hsum4(acc[r][i], acc[r][i + 1], acc[r][i + 2], acc[r][i + 3], s + i);
     for (std::int64_t e = dv; e < d; ++e)  // head dims that are not a multiple of the width
-      for (int i = 0; i < 4; ++i) s[i] += w.q[(r0 + r) * ld + e] * load_one<DT>(k[i], e);
+      for (int i = 0; i < KQ; ++i) s[i] += w.q[(r0 + r) * ld + e] * load_one<DT>(k[i], e);
   }
 }
 
@@ -587,35 +600,49 @@ inline void unpermute_row(const float* o, std::int64_t d, float* out) {
 #include "kernels/decode_madd.h"
 #endif
 
-// O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb).
+// O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb), VP vector pairs of columns at a time.
+template <int DT, int rb, int VP>
+std::int64_t pv_columns(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt,
+                        std::int64_t e) {
+  const std::int64_t ld = w.ld;
+  for (; e + 2 * N * VP <= d; e += 2 * N * VP) {
+    Vec::T o[rb][2 * VP];
+#pragma GCC unroll 4
+    for (int r = 0; r < rb; ++r) {
+      const Vec::T a = Vec::set1(w.alpha[r0 + r]);
+#pragma GCC unroll 8
+      for (int c = 0; c < 2 * VP; ++c) o[r][c] = Vec::mul(Vec::load(w.o + (r0 + r) * ld + e + c * N), a);
+    }
+    for (std::int64_t t = 0; t < nt; ++t) {
+      Vec::T v[2 * VP];
+#pragma GCC unroll 4
+      for (int c = 0; c < VP; ++c) load_pair<DT>(vrow[t], e + 2 * N * c, v[2 * c], v[2 * c + 1]);
+#pragma GCC unroll 4
+      for (int r = 0; r < rb; ++r) {
+        const Vec::T p = Vec::bcast(w.s + (r0 + r) * T + t);
+#pragma GCC unroll 8
+        for (int c = 0; c < 2 * VP; ++c) o[r][c] = Vec::fmadd(p, v[c], o[r][c]);
+      }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < rb; ++r)
+#pragma GCC unroll 8
+      for (int c = 0; c < 2 * VP; ++c) Vec::store(w.o + (r0 + r) * ld + e + c * N, o[r][c]);
+  }
+  return e;
+}
+
+// Each O column sums its keys in order in one accumulator, whose FMAs wait on each other (4 cycles
+// apart on Zen 3/4): fewer than 4 rows take more columns at once, so that 8 chains keep both FMA
+// pipes busy. A single row (MHA, one query) with 2 had run at a quarter of the FMA rate. The sums are
+// the same, bit for bit.
 template <int DT, int rb>
 void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt) {
   const std::int64_t ld = w.ld;
   std::int64_t e = 0;
-  for (; e + 2 * N <= d; e += 2 * N) {
-    Vec::T o0[rb], o1[rb];
-#pragma GCC unroll 4
-    for (int r = 0; r < rb; ++r) {
-      const Vec::T a = Vec::set1(w.alpha[r0 + r]);
-      o0[r] = Vec::mul(Vec::load(w.o + (r0 + r) * ld + e), a);
-      o1[r] = Vec::mul(Vec::load(w.o + (r0 + r) * ld + e + N), a);
-    }
-    for (std::int64_t t = 0; t < nt; ++t) {
-      Vec::T v0, v1;
-      load_pair<DT>(vrow[t], e, v0, v1);
-#pragma GCC unroll 4
-      for (int r = 0; r < rb; ++r) {
-        const Vec::T p = Vec::bcast(w.s + (r0 + r) * T + t);
-        o0[r] = Vec::fmadd(p, v0, o0[r]);
-        o1[r] = Vec::fmadd(p, v1, o1[r]);
-      }
-    }
-#pragma GCC unroll 4
-    for (int r = 0; r < rb; ++r) {
-      Vec::store(w.o + (r0 + r) * ld + e, o0[r]);
-      Vec::store(w.o + (r0 + r) * ld + e + N, o1[r]);
-    }
-  }
+  if constexpr (rb == 1) e = pv_columns<DT, rb, 4>(w, d, r0, vrow, nt, e);
+  if constexpr (rb == 2) e = pv_columns<DT, rb, 2>(w, d, r0, vrow, nt, e);
+  e = pv_columns<DT, rb, 1>(w, d, r0, vrow, nt, e);
   for (; e < d; ++e) {  // the rest, one element at a time
     for (int r = 0; r < rb; ++r) {
       float acc = w.o[(r0 + r) * ld + e] * w.alpha[r0 + r];
@@ -742,7 +769,9 @@ void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
 // Zen 3 cores for 8 KV heads), because the prefetchers lose track of that many streams.
 // PyTorch's [B, H, S, D] keeps each head's tokens together instead, so there an item is one head
 // (DecodeItem): all heads per item read 2·hkv streams at once, and 32/32 heads f32 (Zen 3, batch
-// 8, context 4096, side by side) took 86 ms against 57 with one head per item, as in BSHD.
+// 8, context 4096, side by side) took 86 ms against 57 with one head per item, as in BSHD. Items of
+// one head read V in place (essay). Fewer heads per item in a cache, so that a tile of 32/32 f32
+// (1 MB of K and V) would fit L2, was no faster (Zen 3, 2 threads, budgets of 64-256 KB).
 template <int DT>
 void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   // The item's KV heads [g0, g0 + H) are its heads 0 .. H - 1 below (rows g·R ..).
@@ -888,6 +917,14 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
                 R, [&](std::int64_t r0, auto rb) { score_quad<kF32, decltype(rb)::value>(w, d, r0, kk, t); });
             continue;
           }
+        if (!kDot<DT> && R == 1) {  // one row: 8 keys at a time (score_quad), on every other step
+          if (t % 8 == 0) {
+            const void* k8[8];
+            for (int i = 0; i < 8; ++i) k8[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hs;
+            score_quad<DT, 1, 8>(w, d, 0, k8, t);
+          }
+          continue;
+        }
         for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
 #if defined(__AVX512BF16__)
           if constexpr (kDot<DT>) return score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t);
@@ -917,7 +954,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
                          stage + (g * (T / 2) + t / 2) * ld * 2);
     } else
 #endif
-    {
+    if (widen_v || H > 1) {
       for (std::int64_t t = 0; t < nt; ++t)
         for (std::int64_t g = 0; g < H; ++g) {
           if (widen_v)  // f32 [head][token] rows ld apart, converted once for all row blocks
@@ -982,7 +1019,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
             R, [&](std::int64_t r0, auto rb) { pv_block<kF32, decltype(rb)::value>(w, d, r0, vrow, nt); });
         continue;
       }
-      for (std::int64_t t = 0; t < nt; ++t) vrow[t] = stage_v + std::size_t(g * T + t) * hb;
+      for (std::int64_t t = 0; t < nt; ++t) vrow[t] = H > 1 ? stage_v + std::size_t(g * T + t) * hb : vbase[t];
       for_row_blocks<RB>(
           R, [&](std::int64_t r0, auto rb) { pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt); });
     }
