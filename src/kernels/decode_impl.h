@@ -864,8 +864,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         w.q = all.q + g * R * ld;
         w.qb = all.qb + g * R * ld;
         w.s = all.s + g * R * T;
-        const void* k[4];
-        for (int i = 0; i < 4; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hs;
+        const void* k[8];  // this step's 4 keys, and for one row (below) the next step's 4
+        for (int i = 0; i < 8; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hs;
 #if defined(__AVX512BF16__)
         alignas(64) std::int16_t kw[4][decode_ld(kMaxHeadDim)];
         if (kIntDot<DT> && R > SRB)  // int8 keys widened once for all row blocks
@@ -918,11 +918,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
             continue;
           }
         if (!kDot<DT> && R == 1) {  // one row: 8 keys at a time (score_quad), on every other step
-          if (t % 8 == 0) {
-            const void* k8[8];
-            for (int i = 0; i < 8; ++i) k8[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hs;
-            score_quad<DT, 1, 8>(w, d, 0, k8, t);
-          }
+          if (t % 8 == 0) score_quad<DT, 1, 8>(w, d, 0, k, t);
           continue;
         }
         for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
