@@ -330,6 +330,39 @@ TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
   }
 }
 
+// Longer causal steps (speculative drafts) run on the decode kernels where they win
+// (forward_as_decode.cc, decode_wins): up to 24 queries on caches of 4096 keys or more while a GQA
+// group's rows stay within 64. Bit for bit the cache call's results, so they took its kernels.
+TEST(ForwardAsDecode, LongDraftsOnLongCachesAreDecodingSteps) {
+  const std::int64_t B = 2, S = 4100, Hq = 4, Hkv = 2, D = 32;
+  for (DType dt : {DType::f32, DType::bf16}) {
+    const std::size_t es = size_of(dt);
+    auto bytes = [&](std::size_t n, std::uint64_t seed) {
+      std::vector<float> f = check::normal_vector(n, seed);
+      std::vector<std::uint8_t> raw(n * es);
+      for (std::size_t i = 0; i < n; ++i) detail::store_f32(raw.data(), dt, std::int64_t(i), f[i]);
+      return raw;
+    };
+    auto kc = bytes(std::size_t(B * S * Hkv * D), 4), vc = bytes(kc.size() / es, 5);
+    const std::vector<std::int32_t> lens(static_cast<std::size_t>(B), static_cast<std::int32_t>(S));
+    for (std::int64_t nq : {9, 16, 24}) {
+      auto q = bytes(std::size_t(B * nq * Hq * D), 6 + std::uint64_t(nq));
+      const Tensor qt = Tensor::bshd(q.data(), dt, B, nq, Hq, D);
+      const Tensor k = Tensor::bshd(kc.data(), dt, B, S, Hkv, D), v = Tensor::bshd(vc.data(), dt, B, S, Hkv, D);
+      std::vector<float> want(std::size_t(B * nq * Hq * D)), got(want.size());
+      attention_with_kvcache(qt, k, v, lens, Tensor::bshd(want.data(), DType::f32, B, nq, Hq, D), {.causal = true});
+      const int saved = num_threads();
+      for (int threads : {1, 2, 5}) {
+        set_num_threads(threads);
+        std::fill(got.begin(), got.end(), -1.0f);
+        attention(qt, k, v, Tensor::bshd(got.data(), DType::f32, B, nq, Hq, D), {.causal = true});
+        EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", " << threads << " threads";
+      }
+      set_num_threads(saved);
+    }
+  }
+}
+
 TEST(Decode, ExplicitCacheSeqlensSeeAPrefix) {
   const DecodeSetup s{
       {.kv_heads = 1, .head_dim = 32, .dtype = CacheDType::f32, .max_seqs = 1, .max_seq_len = 100},

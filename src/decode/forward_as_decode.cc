@@ -24,12 +24,24 @@ namespace mha::detail {
 
 namespace {
 
-// Query rows per sequence up to which the decode kernels win. Causal steps on Zen 3 (2 threads,
-// context 4096, 128 dims, f32, side by side, forward -> decode ms): 32/32 heads Nq 4 13.6 -> 7.8,
-// 8 15.6 -> 11.7, 16 18.3 -> 22.3; 32/8 Nq 8 9.8 -> 7.4, 16 16.1 -> 12.4, 32 18.5 -> 25.8; 32/1
-// (batch 4) Nq 4 21.1 -> 11.8, 8 23.5 -> 22.5, 16 9.4 -> 16.6 (batch 1). Past 8 the forward's
-// 64-row items fill their vectors.
-constexpr std::int64_t kMaxDecodeRows = 8;
+// Whether the decode kernels beat the forward kernel on this step. Up to 8 query rows per sequence
+// they do: causal steps on Zen 3 (2 threads, context 4096, 128 dims, f32, side by side, forward ->
+// decode ms): 32/32 heads Nq 4 13.6 -> 7.8, 8 15.6 -> 11.7; 32/8 Nq 8 9.8 -> 7.4; 32/1 (batch 4) Nq
+// 4 21.1 -> 11.8, 8 23.5 -> 22.5. Longer steps (speculative decoding's drafts) still gain where the
+// forward streams a long cache once per query head and the group's rows (G query heads per KV head
+// × Nq) stay few: the decode kernels' small per-tile matrix products lose to the forward's 64-row
+// items as rows grow, and a cache that fits the caches costs the forward little to stream again.
+// Side by side on Zen 3 (2 threads, causal, 128 dims, min of 5-7 alternating rounds, forward ->
+// decode ms), context 4096: 32/32 Nq 16 40.4 -> 26.8, Nq 24 45.1 -> 35.8, batch 4 Nq 16 102.8 ->
+// 80.5, Nq 32 127.5 -> 157.2; 32/16 Nq 24 37.5 -> 29.8; 32/8 Nq 16 19.8 -> 16.6, bf16 22.8 -> 13.0,
+// batch 4 72.6 -> 65.5; 32/8 Nq 24 (96 rows) 22.9 -> 25.6; 32/1 Nq 12 9.9 -> 13.0. Context 8192:
+// 32/8 Nq 16 62.7 -> 33.4, 32/32 Nq 24 80.0 -> 55.2. Context 2048 was a wash (32/8 Nq 16 9.6 ->
+// 8.3, bf16 7.0 -> 7.3, batch 4 31.5 -> 33.8) and 1024 the forward's (32/8 Nq 16 3.4 -> 4.6).
+bool decode_wins(const AttentionParams& p) {
+  if (p.nq <= 8) return true;
+  const std::int64_t keys = p.cu_k == nullptr ? p.nk : (p.cu_k[p.batch] - p.cu_k[0]) / p.batch;  // mean
+  return p.nq <= 24 && p.hq / p.hkv * p.nq <= 64 && keys >= 4096;
+}
 
 // K and V with the same strides, each head's d elements contiguous, and (batched, not packed)
 // sequences a whole number of token strides apart: rows of Hkv·D as a cache holds them, or
@@ -90,7 +102,7 @@ bool visible_ranges(const AttentionParams& p, std::vector<std::int32_t>& lo, std
 }  // namespace
 
 bool forward_as_decode(const AttentionParams& p, const Tensor& out, const Tensor* lse) {
-  if (p.dropout_p > 0.0f || p.d != p.dv || p.batch < 1 || p.nq < 1 || p.nq > kMaxDecodeRows ||
+  if (p.dropout_p > 0.0f || p.d != p.dv || p.batch < 1 || p.nq < 1 || !decode_wins(p) ||
       p.nk > std::numeric_limits<std::int32_t>::max() || !decode_visibility(p) || !cache_layout(p) ||
       !equal_steps(p))
     return false;
