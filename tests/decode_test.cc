@@ -239,6 +239,14 @@ TEST(Decode, BatchedStepEqualsPerSequenceStepsAndAnyThreadCount) {
   }
 }
 
+// n normal values (seeded) stored as dt.
+std::vector<std::uint8_t> normal_bytes(DType dt, std::size_t n, std::uint64_t seed) {
+  const std::vector<float> f = check::normal_vector(n, seed);
+  std::vector<std::uint8_t> raw(n * size_of(dt));
+  for (std::size_t i = 0; i < n; ++i) detail::store_f32(raw.data(), dt, std::int64_t(i), f[i]);
+  return raw;
+}
+
 // attention() with one query per sequence, or a short causal step, on K and V laid out as a cache
 // (here a prefix of a longer one) is a decoding step and runs the decode kernels: bit for bit what
 // attention_with_kvcache gives on that cache, for any thread count. The accuracy of those calls
@@ -249,12 +257,7 @@ TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
     for (const auto& [nq, causal] : {std::pair<std::int64_t, bool>{1, false}, {5, true}}) {
       const std::vector<std::int32_t> lens(std::size_t(B), 600);
       const std::size_t es = size_of(dt);
-      auto bytes = [&](std::size_t n, std::uint64_t seed) {
-        std::vector<float> f = check::normal_vector(n, seed);
-        std::vector<std::uint8_t> raw(n * es);
-        for (std::size_t i = 0; i < n; ++i) detail::store_f32(raw.data(), dt, std::int64_t(i), f[i]);
-        return raw;
-      };
+      auto bytes = [&](std::size_t n, std::uint64_t seed) { return normal_bytes(dt, n, seed); };
       auto kc = bytes(std::size_t(B * S * Hkv * D), 1), vc = bytes(kc.size() / es, 2);
       auto q = bytes(std::size_t(B * nq * Hq * D), 3);
       const Tensor qt = Tensor::bshd(q.data(), dt, B, nq, Hq, D);
@@ -337,12 +340,7 @@ TEST(ForwardAsDecode, LongDraftsOnLongCachesAreDecodingSteps) {
   const std::int64_t B = 2, S = 4100, Hq = 4, Hkv = 2, D = 32;
   for (DType dt : {DType::f32, DType::bf16}) {
     const std::size_t es = size_of(dt);
-    auto bytes = [&](std::size_t n, std::uint64_t seed) {
-      std::vector<float> f = check::normal_vector(n, seed);
-      std::vector<std::uint8_t> raw(n * es);
-      for (std::size_t i = 0; i < n; ++i) detail::store_f32(raw.data(), dt, std::int64_t(i), f[i]);
-      return raw;
-    };
+    auto bytes = [&](std::size_t n, std::uint64_t seed) { return normal_bytes(dt, n, seed); };
     auto kc = bytes(std::size_t(B * S * Hkv * D), 4), vc = bytes(kc.size() / es, 5);
     const std::vector<std::int32_t> lens(static_cast<std::size_t>(B), static_cast<std::int32_t>(S));
     for (std::int64_t nq : {9, 16, 24}) {
