@@ -84,8 +84,8 @@ std::vector<Case> sweep_cases() {
   add({.nq = 64, .nk = 64, .hq = 1, .hkv = 1, .d = 64, .causal = true, .scale = -1000.0f});
   add({.nq = 30, .nk = 50, .hq = 1, .hkv = 1, .d = 8, .scale = 0.0f});
 
-  // Decoding steps through attention(): one query, or a causal step of up to 8 (24 on caches of
-  // 4096 keys), on K and V laid out as a cache run on the flash-decode kernels
+  // Decoding steps through attention(): one query, or a causal step of up to 8 (24 on BSHD caches
+  // of 4096 keys), on K and V laid out as a cache run on the flash-decode kernels
   // (decode/forward_as_decode.h): GQA, MQA, caches past one 256-key chunk (merged partials),
   // Nq = Nk, head dims 1 and 256, large logits.
   add({.b = 3, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 128});

@@ -40,7 +40,7 @@ namespace {
 // All of that is in a cache's layout, where a head's rows are Hkv·D elements apart (16 KB for 32
 // heads of f32), each on its own page and few cache set offsets. In PyTorch's [B, H, S, D], where
 // the forward reads each head's rows contiguously, it kept the lead: 32/32 Nq 16 19.0 -> 24.0, 32/8
-// 14.4 -> 16.8 (bf16 16.7 -> 14.4).
+// 14.4 -> 16.8; bf16 32/32 13.6 -> 17.5, 32/8 10.4 -> 12.6 (one earlier run 16.7 -> 14.4).
 bool decode_wins(const AttentionParams& p) {
   if (p.nq <= 8) return true;
   const std::int64_t keys = p.cu_k == nullptr ? p.nk : (p.cu_k[p.batch] - p.cu_k[0]) / p.batch;  // mean
