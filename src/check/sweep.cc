@@ -85,7 +85,7 @@ std::vector<Case> sweep_cases() {
   add({.nq = 30, .nk = 50, .hq = 1, .hkv = 1, .d = 8, .scale = 0.0f});
 
   // Decoding steps through attention(): one query, or a causal step of up to 8 (24 on BSHD caches
-  // of 4096 keys), on K and V laid out as a cache run on the flash-decode kernels
+  // of 2048 keys), on K and V laid out as a cache run on the flash-decode kernels
   // (decode/forward_as_decode.h): GQA, MQA, caches past one 256-key chunk (merged partials),
   // Nq = Nk, head dims 1 and 256, large logits.
   add({.b = 3, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 128});
@@ -97,6 +97,7 @@ std::vector<Case> sweep_cases() {
   add({.hq = 4, .hkv = 2, .d = 64, .seqlens_q = {1, 1, 1, 1}, .seqlens_k = {300, 5, 1, 64}});
   add({.hq = 6, .hkv = 2, .d = 40, .causal = true, .seqlens_q = {3, 3}, .seqlens_k = {3, 290}});
   add({.b = 2, .nq = 20, .nk = 4111, .hq = 6, .hkv = 3, .d = 24, .causal = true});  // a draft on a long cache
+  add({.b = 1, .nq = 24, .nk = 2049, .hq = 4, .hkv = 2, .d = 64, .causal = true});  // at the length bound
   // The same in PyTorch's layout ([B, H, S, D]: heads S·D apart, batched and packed).
   add({.b = 2, .nq = 1, .nk = 300, .hq = 8, .hkv = 2, .d = 128, .bhsd = true});
   add({.b = 3, .nq = 4, .nk = 37, .hq = 4, .hkv = 1, .d = 24, .causal = true, .bhsd = true});

@@ -37,6 +37,11 @@ namespace {
 // batch 4 72.6 -> 65.5; 32/8 Nq 24 (96 rows) 22.9 -> 25.6; 32/1 Nq 12 9.9 -> 13.0. Context 8192:
 // 32/8 Nq 16 62.7 -> 33.4, 32/32 Nq 24 80.0 -> 55.2. Context 2048 was a wash (32/8 Nq 16 9.6 ->
 // 8.3, bf16 7.0 -> 7.3, batch 4 31.5 -> 33.8) and 1024 the forward's (32/8 Nq 16 3.4 -> 4.6).
+// On Zen 4 (AVX-512 BF16, same method, min of 5) context 2048 is decode's: 32/32 Nq 16 f32 6.73 ->
+// 5.42, bf16 3.54 -> 2.69; 32/8 bf16 2.10 -> 1.84, batch 4 f32 16.5 -> 15.7, bf16 10.0 -> 7.6; one
+// loss, 32/8 f32 3.81 -> 3.93. Context 1024 split (32/8 f32 1.72 -> 1.90, bf16 1.04 -> 0.93), and
+// 4096 gained everywhere (32/32 Nq 16 12.2 -> 10.1, batch 4 59.1 -> 40.3; 32/8 bf16 4.92 -> 3.67;
+// 8192 32/8 25.8 -> 16.0). So 2048 keys: a clear gain on Zen 4, within ±8 % on Zen 3.
 // All of that is in a cache's layout, where a head's rows are Hkv·D elements apart (16 KB for 32
 // heads of f32), each on its own page and few cache set offsets. In PyTorch's [B, H, S, D], where
 // the forward reads each head's rows contiguously, it kept the lead: 32/32 Nq 16 19.0 -> 24.0, 32/8
@@ -45,7 +50,7 @@ bool decode_wins(const AttentionParams& p) {
   if (p.nq <= 8) return true;
   const std::int64_t keys = p.cu_k == nullptr ? p.nk : (p.cu_k[p.batch] - p.cu_k[0]) / p.batch;  // mean
   const bool token_rows = p.k_stride[2] < p.k_stride[1];  // a token's heads side by side (a cache's rows)
-  return token_rows && p.nq <= 24 && p.hq / p.hkv * p.nq <= 64 && keys >= 4096;
+  return token_rows && p.nq <= 24 && p.hq / p.hkv * p.nq <= 64 && keys >= 2048;
 }
 
 // K and V with the same strides, each head's d elements contiguous, and (batched, not packed)
