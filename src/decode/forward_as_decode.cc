@@ -41,7 +41,7 @@ namespace {
 // 5.42, bf16 3.54 -> 2.69; 32/8 bf16 2.10 -> 1.84, batch 4 f32 16.5 -> 15.7, bf16 10.0 -> 7.6; one
 // loss, 32/8 f32 3.81 -> 3.93. Context 1024 split (32/8 f32 1.72 -> 1.90, bf16 1.04 -> 0.93), and
 // 4096 gained everywhere (32/32 Nq 16 12.2 -> 10.1, batch 4 59.1 -> 40.3; 32/8 bf16 4.92 -> 3.67;
-// 8192 32/8 25.8 -> 16.0). So 2048 keys: a clear gain on Zen 4, within ±8 % on Zen 3.
+// 8192 32/8 25.8 -> 16.0). So 2048 keys: a clear gain on Zen 4; on Zen 3 at most 7 % slower.
 // All of that is in a cache's layout, where a head's rows are Hkv·D elements apart (16 KB for 32
 // heads of f32), each on its own page and few cache set offsets. In PyTorch's [B, H, S, D], where
 // the forward reads each head's rows contiguously, it kept the lead: 32/32 Nq 16 19.0 -> 24.0, 32/8
