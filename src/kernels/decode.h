@@ -54,7 +54,9 @@ inline std::int64_t decode_ld(std::int64_t d) { return (d + 31) / 32 * 32; }
 
 // Floats of scratch an item needs (64-byte aligned): q rows (f32 and bf16 or int16), scores, bf16
 // or int16 probability pairs, O, row state (m, l, alpha, causal limit, q and P scales), the V
-// staging and the tile's K/V scales.
+// staging and the tile's K/V scales, then the AVX-512 BF16 kernel's lane-wise softmax: scores
+// [kDecodeTile][rows], P pairs [kDecodeTile / 2][rows] (rows: Hq·Nq rounded up to 16) and the
+// K/V scales [kDecodeTile][hkv + 16].
 std::int64_t decode_scratch_floats(const DecodeParams& p);
 // Where in the scratch the kernels stage a tile's V rows (kDecodeTile rows of hkv·ld floats at
 // most, 64-byte aligned), after q, scores, O and the row state.

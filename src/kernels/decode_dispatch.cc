@@ -23,7 +23,9 @@ DecodeKernel decode_kernel(Isa isa) {
 }
 
 std::int64_t decode_scratch_floats(const DecodeParams& p) {
-  return stage_offset(p) + kDecodeTile * p.hkv * decode_ld(p.d) + 2 * p.hkv * kDecodeTile;
+  const std::int64_t rows = (p.hq * p.nq + 15) / 16 * 16;
+  return stage_offset(p) + kDecodeTile * p.hkv * decode_ld(p.d) + 2 * p.hkv * kDecodeTile +
+         kDecodeTile * rows * 3 / 2 + 2 * kDecodeTile * (p.hkv + 16);
 }
 
 void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse_view) {

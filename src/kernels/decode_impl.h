@@ -21,6 +21,11 @@
 // 32767) and P to int16 per row and tile (scale max P / 32767); vpdpwssd sums exact int32 and
 // the scales apply once per score and per tile of O.
 // Both quantizations err less than bf16 rounding does, so the naive bf16 path stays their yardstick.
+// There the online softmax runs on every row of the item at once, rows as lanes (softmax_lanes;
+// score_quad_dot's [row][key] blocks transposed to [key][row] first), and groups of at most RB rows
+// unpack V pairs from the rows in place instead of staging them. Both had been a fifth of a 32/8
+// step: one Zen 4 thread, 16/4 heads, context 256 in L2, 24.0 -> 19.0 µs; 2 threads from memory,
+// context 4096, side by side: 32/8 bf16 558 -> 480 µs, 32/8 int8 509 -> 460, 32/32 bf16 1660 -> 1400.
 // Side by side on one Zen 4 thread (context 4096, bf16-widening int8 against this): 32/8 int8
 // 1356 -> 1271 µs at batch 1, 11143 -> 10462 at batch 8, under bf16's time; 32/1 is bound by the
 // dot rate, 32 multiply-adds per instruction in bf16 and int16 alike, so int8 at best ties bf16
@@ -349,8 +354,10 @@ void score_quad_dot(const Scratch& w, std::int64_t d, std::int64_t r0, const voi
 // in the lane order those unpacks give (bf16_pair_index), as in the f32 bf16 path.
 // int8 caches: P and V are int16 pairs (P ≤ 32767, |v| ≤ 128, so a tile's 16 pairs sum to at most
 // 2^27 per lane, exact in int32), and the tile's sums join O as pscale · sum.
-template <int DT, int rb>
-void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::int64_t pairs) {
+// V pairs come from vpair(tp, e, vlo, vhi): the staged pairs, or (groups of at most RB rows, which
+// read each pair once) unpacked from the rows in place (pv_dot_rows).
+template <int DT, int rb, class VPair>
+void pv_dot_with(const Scratch& w, std::int64_t r0, std::int64_t pairs, VPair&& vpair) {
   const std::int64_t ld = w.ld;
   for (std::int64_t e = 0; e < ld; e += 32) {
     DotAcc<DT> lo[rb], hi[rb];
@@ -365,8 +372,8 @@ void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::
       }
     }
     for (std::int64_t tp = 0; tp < pairs; ++tp) {
-      const std::uint16_t* vs = stage + (tp * ld + e) * 2;
-      const __m512i vlo = _mm512_loadu_si512(vs), vhi = _mm512_loadu_si512(vs + 32);
+      __m512i vlo, vhi;
+      vpair(tp, e, vlo, vhi);
 #pragma GCC unroll 4
       for (int r = 0; r < rb; ++r) {
         const __m512i pp = _mm512_set1_epi32(int(w.pb[(r0 + r) * w.pb_row_stride + tp * w.pb_pair_stride]));
@@ -389,6 +396,27 @@ void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::
   }
 }
 
+template <int DT, int rb>
+void pv_dot(const Scratch& w, std::int64_t r0, const std::uint16_t* stage, std::int64_t pairs) {
+  pv_dot_with<DT, rb>(w, r0, pairs, [&](std::int64_t tp, std::int64_t e, __m512i& vlo, __m512i& vhi) {
+    const std::uint16_t* vs = stage + (tp * w.ld + e) * 2;
+    vlo = _mm512_loadu_si512(vs);
+    vhi = _mm512_loadu_si512(vs + 32);
+  });
+}
+
+// The same, V rows v[0 .. 2·pairs) read in place (v[nt] of an odd tile: a row of zeros): staging
+// them had cost a store and a load of every pair for groups that read it once (32/8 heads: 22 % of a
+// step's samples, one Zen 4 thread, cache in L2).
+template <int DT, int rb>
+void pv_dot_rows(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* v, std::int64_t pairs) {
+  pv_dot_with<DT, rb>(w, r0, pairs, [&](std::int64_t tp, std::int64_t e, __m512i& vlo, __m512i& vhi) {
+    const __m512i x = load_dot_chunk<DT>(v[2 * tp], e, d), y = load_dot_chunk<DT>(v[2 * tp + 1], e, d);
+    vlo = _mm512_unpacklo_epi16(x, y);
+    vhi = _mm512_unpackhi_epi16(x, y);
+  });
+}
+
 // Groups of 16 or more rows per KV head (MQA, wide GQA, speculative steps) take the forward
 // kernel's layout instead: scores Sᵀ[t][r] with lanes along the group's rows, from Qᵀ packed once
 // per item as pairs (q[r][2i], q[r][2i+1]) and each key's pairs broadcast from its row, so no
@@ -404,12 +432,12 @@ inline void pack_rows_q(const std::uint16_t* qb, std::int64_t R, std::int64_t ld
     for (std::int64_t i = 0; i < ld / 2; ++i) qt[i * R + r] = load_pair(qb + r * ld + 2 * i);
 }
 
-// Sᵀ[t + k][rows 16·rv0 .. 16·(rv0 + RV)) for the 4 keys k[0..4) (bf16 rows in place, or int16
-// rows widened from int8 when DT is kI16): a key's pair is one broadcast dword, and only the d
-// elements of a row are read (an odd d's last pair is the element and a zero).
+// Sᵀ[t + k][rows 16·rv0 .. 16·(rv0 + RV)) (rows ldst apart) for the 4 keys k[0..4) (bf16 rows in
+// place, or int16 rows widened from int8 when DT is kI16): a key's pair is one broadcast dword, and
+// only the d elements of a row are read (an odd d's last pair is the element and a zero).
 template <int DT, int RV>
 void score_rows(const std::uint32_t* qt, std::int64_t R, std::int64_t d, const void* const* k, float* st,
-                std::int64_t t, std::int64_t rv0) {
+                std::int64_t ldst, std::int64_t t, std::int64_t rv0) {
   DotAcc<DT> acc[4][RV];
 #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i)
@@ -440,66 +468,83 @@ void score_rows(const std::uint32_t* qt, std::int64_t R, std::int64_t d, const v
 #pragma GCC unroll 4
   for (int j = 0; j < 4; ++j)
 #pragma GCC unroll 2
-    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(st + (t + j) * R + (rv0 + v) * 16, as_f32(acc[j][v]));
+    for (int v = 0; v < RV; ++v) _mm512_storeu_ps(st + (t + j) * ldst + (rv0 + v) * 16, as_f32(acc[j][v]));
 }
 
-// softmax_tile over one group with lanes along its rows: st [T][R] holds the tile's scores; P goes
-// to w.pb as [T/2][R] pairs (bf16, or int16 on a per-row scale for int8 caches, as
-// pack_probabilities_i16), and m, l, alpha (and pscale) of the rows are updated. Same rules as
-// softmax_tile: a row whose visible score is not finite gets l = NaN (the merge writes NaN); O is
-// kept normalized (P divided by the new sum, max(1, l) so that rows with nothing visible keep 0).
+// The online softmax of a tile for every row of the item at once, with lanes along the rows (all
+// heads' rows side by side, 16 at a time): st [T][ldst] holds the tile's scores (row g·R + r of
+// head g in column g·R + r); P goes to pb as [T/2][ldst] pairs (bf16, or int16 on a per-row scale
+// for int8 caches), and m, l, alpha (and pscale) of the rows are updated. Max, exp and sums run
+// across key vectors, with no per-row reductions: per row and tile, softmax_tile's reductions and
+// scalar steps had been 14 % of a 32/8 step (one Zen 4 thread, bf16 cache in L2). int8 caches scale
+// each lane by its head's K and V scales of the key (kscale, vscale: [T][ldsc], head g in column
+// g). A row whose visible score is not finite gets l = NaN (the merge writes NaN); O is kept
+// normalized (P divided by the new sum, max(1, l) so that rows with nothing visible keep 0).
+// Each lane's arithmetic is its own row's: which rows share a vector changes no result.
 template <int DT>
-void softmax_rows(const Scratch& w, std::int64_t R, const float* st, std::int64_t nt, const float* kscale,
-                  const float* vscale, float scale, const std::int64_t* limit, const float* row_scale) {
+void softmax_lanes(const Scratch& w, std::int64_t HR, std::int64_t R, float* st, std::int64_t ldst,
+                   std::int64_t nt, const float* kscale, const float* vscale, std::int64_t ldsc, float scale,
+                   const std::int64_t* limit, const float* row_scale, std::uint32_t* pb) {
   const __m512 zero = _mm512_setzero_ps(), one = _mm512_set1_ps(1.f), neg_inf = _mm512_set1_ps(kNegInf);
-  for (std::int64_t r0 = 0; r0 < R; r0 += 16) {
-    const __m512 rs = row_scale != nullptr ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_loadu_ps(row_scale + r0))
-                                           : _mm512_set1_ps(scale);
-    // Keys a row sees in this tile: [0, min(nt, limit)).
-    alignas(64) std::int32_t vis[16];
-    for (int i = 0; i < 16; ++i) vis[i] = int(std::min<std::int64_t>(nt, std::max<std::int64_t>(limit[r0 + i], 0)));
-    const __m512i visible = _mm512_load_si512(vis);
-    float* x = const_cast<float*>(st);  // scores become probabilities in place
+  for (std::int64_t r0 = 0; r0 < HR; r0 += 16) {
+    const __mmask16 rows = first_lanes(HR - r0);
+    const __m512 rs = row_scale != nullptr
+                          ? _mm512_mul_ps(_mm512_set1_ps(scale), _mm512_maskz_loadu_ps(rows, row_scale + r0))
+                          : _mm512_set1_ps(scale);
+    // Keys a row sees in this tile: [0, min(nt, limit)) (none for lanes past the rows).
+    alignas(64) std::int32_t vis[16], head[16];
+    for (std::int64_t i = 0; i < 16; ++i) {
+      vis[i] = r0 + i < HR ? int(std::min<std::int64_t>(nt, std::max<std::int64_t>(limit[r0 + i], 0))) : 0;
+      head[i] = int((r0 + i) / R - r0 / R);  // lane's head, from the block's first
+    }
+    const __m512i visible = _mm512_load_si512(vis), hidx = _mm512_load_si512(head);
+    const float* ks = kscale + r0 / R;
+    const float* vs = vscale + r0 / R;
+    float* x = st + r0;  // scores become probabilities in place
     __m512 mx = neg_inf, bad = zero;
     for (std::int64_t t = 0; t < T; ++t) {
       const __mmask16 in = _mm512_cmpgt_epi32_mask(visible, _mm512_set1_epi32(int(t)));
-      __m512 v = _mm512_mul_ps(_mm512_loadu_ps(st + t * R + r0), _mm512_mul_ps(rs, _mm512_set1_ps(kscale[t])));
+      __m512 sc = rs;
+      if constexpr (DT == kI8) sc = _mm512_mul_ps(rs, _mm512_permutexvar_ps(hidx, _mm512_loadu_ps(ks + t * ldsc)));
+      __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + t * ldst), sc);
       bad = _mm512_mask_add_ps(bad, in, bad, _mm512_mul_ps(v, zero));
       v = _mm512_mask_blend_ps(in, neg_inf, v);
-      _mm512_storeu_ps(x + t * R + r0, v);
+      _mm512_storeu_ps(x + t * ldst, v);
       mx = _mm512_max_ps(mx, v);
     }
-    const __m512 m_old = _mm512_loadu_ps(w.m + r0);
+    const __m512 m_old = _mm512_mask_loadu_ps(neg_inf, rows, w.m + r0);
     const __m512 m_new = _mm512_max_ps(m_old, mx);
     const __m512 m_safe = Vec::zero_if_neg_inf(m_new);
     __m512 sum = bad;
     for (std::int64_t t = 0; t < T; ++t) {
-      const __m512 e = exp(_mm512_sub_ps(_mm512_loadu_ps(x + t * R + r0), m_safe));
-      _mm512_storeu_ps(x + t * R + r0, e);
+      const __m512 e = exp(_mm512_sub_ps(_mm512_loadu_ps(x + t * ldst), m_safe));
+      _mm512_storeu_ps(x + t * ldst, e);
       sum = _mm512_add_ps(sum, e);
     }
     const __m512 a = exp(_mm512_sub_ps(m_old, m_safe));
-    const __m512 l_old = _mm512_loadu_ps(w.l + r0);
+    const __m512 l_old = _mm512_maskz_loadu_ps(rows, w.l + r0);
     const __m512 l_new = _mm512_fmadd_ps(l_old, a, sum);
     const __m512 inv = _mm512_div_ps(one, _mm512_max_ps(one, l_new));
-    _mm512_storeu_ps(w.alpha + r0, _mm512_mul_ps(_mm512_mul_ps(a, l_old), inv));
-    _mm512_storeu_ps(w.l + r0, l_new);
-    _mm512_storeu_ps(w.m + r0, m_new);
-    // P · vscale / l as pairs [T/2][R].
+    _mm512_mask_storeu_ps(w.alpha + r0, rows, _mm512_mul_ps(_mm512_mul_ps(a, l_old), inv));
+    _mm512_mask_storeu_ps(w.l + r0, rows, l_new);
+    _mm512_mask_storeu_ps(w.m + r0, rows, m_new);
+    // P · vscale / l as pairs [T/2][ldst].
     __m512 pmax = zero;
     for (std::int64_t t = 0; t < T; ++t) {
-      const __m512 pv = _mm512_mul_ps(_mm512_loadu_ps(x + t * R + r0), _mm512_mul_ps(inv, _mm512_set1_ps(vscale[t])));
-      _mm512_storeu_ps(x + t * R + r0, pv);
+      __m512 sc = inv;
+      if constexpr (DT == kI8) sc = _mm512_mul_ps(inv, _mm512_permutexvar_ps(hidx, _mm512_loadu_ps(vs + t * ldsc)));
+      const __m512 pv = _mm512_mul_ps(_mm512_loadu_ps(x + t * ldst), sc);
+      _mm512_storeu_ps(x + t * ldst, pv);
       pmax = _mm512_max_ps(pmax, pv);
     }
     __m512 q = one;
     if constexpr (DT == kI8) {
       const __mmask16 pos = _mm512_cmp_ps_mask(pmax, zero, _CMP_GT_OQ);
       q = _mm512_maskz_div_ps(pos, _mm512_set1_ps(32767.f), pmax);
-      _mm512_storeu_ps(w.pscale + r0, _mm512_maskz_div_ps(pos, pmax, _mm512_set1_ps(32767.f)));
+      _mm512_mask_storeu_ps(w.pscale + r0, rows, _mm512_maskz_div_ps(pos, pmax, _mm512_set1_ps(32767.f)));
     }
     for (std::int64_t tp = 0; tp < T / 2; ++tp) {
-      const __m512 e0 = _mm512_loadu_ps(x + 2 * tp * R + r0), e1 = _mm512_loadu_ps(x + (2 * tp + 1) * R + r0);
+      const __m512 e0 = _mm512_loadu_ps(x + 2 * tp * ldst), e1 = _mm512_loadu_ps(x + (2 * tp + 1) * ldst);
       __m512i pair;
       if constexpr (DT == kI8) {
         const __m512i lo = _mm512_and_si512(_mm512_cvtps_epi32(_mm512_mul_ps(e0, q)), _mm512_set1_epi32(0xffff));
@@ -507,7 +552,36 @@ void softmax_rows(const Scratch& w, std::int64_t R, const float* st, std::int64_
       } else {
         pair = _mm512_or_si512(bf16_low(e0), _mm512_slli_epi32(bf16_low(e1), 16));
       }
-      _mm512_storeu_si512(w.pb + tp * R + r0, pair);
+      _mm512_storeu_si512(pb + tp * ldst + r0, pair);
+    }
+  }
+}
+
+// dst[t][c] = src[c][t] for 32 keys t and 16 rows c (rows n and on read as 0): a block of
+// score_quad_dot's [row][key] scores into softmax_lanes' [key][row] layout, 64 shuffles per 16×16.
+inline void transpose_scores(const float* src, std::int64_t n, float* dst, std::int64_t ldd) {
+  static_assert(T == 32);
+  for (int half = 0; half < 2; ++half) {
+    __m512 r[16], u[16];
+    for (int i = 0; i < 16; ++i) r[i] = i < n ? _mm512_loadu_ps(src + i * T + 16 * half) : _mm512_setzero_ps();
+    for (int k = 0; k < 16; k += 2) {  // per 128-bit lane: (row k, row k + 1) interleaved
+      u[k] = _mm512_unpacklo_ps(r[k], r[k + 1]);
+      u[k + 1] = _mm512_unpackhi_ps(r[k], r[k + 1]);
+    }
+    for (int k = 0; k < 16; k += 4) {  // u[k + j]: column j of each 128-bit lane, rows k .. k + 3
+      r[k] = _mm512_shuffle_ps(u[k], u[k + 2], 0x44);
+      r[k + 1] = _mm512_shuffle_ps(u[k], u[k + 2], 0xee);
+      r[k + 2] = _mm512_shuffle_ps(u[k + 1], u[k + 3], 0x44);
+      r[k + 3] = _mm512_shuffle_ps(u[k + 1], u[k + 3], 0xee);
+    }
+    for (int m = 0; m < 2; ++m)  // 128-bit lanes (0, 2) and (1, 3) of rows 8m .. 8m + 7
+      for (int j = 0; j < 4; ++j) {
+        u[8 * m + j] = _mm512_shuffle_f32x4(r[8 * m + j], r[8 * m + 4 + j], 0x88);
+        u[8 * m + 4 + j] = _mm512_shuffle_f32x4(r[8 * m + j], r[8 * m + 4 + j], 0xdd);
+      }
+    for (int j = 0; j < 8; ++j) {  // columns j and j + 8
+      _mm512_storeu_ps(dst + (16 * half + j) * ldd, _mm512_shuffle_f32x4(u[j], u[8 + j], 0x88));
+      _mm512_storeu_ps(dst + (16 * half + j + 8) * ldd, _mm512_shuffle_f32x4(u[j], u[8 + j], 0xdd));
     }
   }
 }
@@ -520,30 +594,6 @@ void stage_pair(const void* a, const void* b, std::int64_t d, std::int64_t ld, s
                   y = b != nullptr ? load_dot_chunk<DT>(b, e, d) : _mm512_setzero_si512();
     _mm512_storeu_si512(dst + 2 * e, _mm512_unpacklo_epi16(x, y));
     _mm512_storeu_si512(dst + 2 * e + 32, _mm512_unpackhi_epi16(x, y));
-  }
-}
-
-// Rows' probabilities as bf16 pairs (round to nearest even, as f32_to_bf16).
-inline void pack_probabilities(const Scratch& w, std::int64_t rows) {
-  static_assert(T == 32);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_loadu_ps(w.s + r * T + 16), _mm512_loadu_ps(w.s + r * T));
-    _mm512_storeu_si512(w.pb + r * (T / 2), (__m512i)x);
-  }
-}
-
-// int8 caches: each row's P (≥ 0) as int16 pairs on a per-row scale, pscale = max P / 32767 (0 when
-// the row has no mass): an error of at most max P / 65534 per key, below bf16's 2^-9 relative.
-inline void pack_probabilities_i16(const Scratch& w, std::int64_t rows) {
-  static_assert(T == 32);
-  for (std::int64_t r = 0; r < rows; ++r) {
-    const __m512 a = _mm512_loadu_ps(w.s + r * T), b = _mm512_loadu_ps(w.s + r * T + 16);
-    const float mx = _mm512_reduce_max_ps(_mm512_max_ps(a, b));
-    const __m512 inv = _mm512_set1_ps(mx > 0.f ? 32767.f / mx : 0.f);
-    const __m256i lo = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(a, inv)));
-    const __m256i hi = _mm512_cvtepi32_epi16(_mm512_cvtps_epi32(_mm512_mul_ps(b, inv)));
-    _mm512_storeu_si512(w.pb + r * (T / 2), _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1));
-    w.pscale[r] = mx > 0.f ? mx / 32767.f : 0.f;
   }
 }
 
@@ -814,7 +864,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       }
   std::fill(all.o, all.o + HR * ld, 0.f);
   // Groups of 16 rows or more: rows as lanes (score_rows), Qᵀ pairs in the f32 q rows' place.
-  const bool lanes = kDot<DT> && R % 16 == 0;
+  [[maybe_unused]] const bool lanes = kDot<DT> && R % 16 == 0;
 #if defined(__AVX512BF16__)
   auto* qt = reinterpret_cast<std::uint32_t*>(all.q);
   if (lanes)
@@ -832,6 +882,14 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   std::int64_t rows[T];
   float* kscale = scratch + stage_offset(p) + T * p.hkv * ld;  // [Hkv][T], after the V staging
   float* vscale = kscale + p.hkv * T;
+#if defined(__AVX512BF16__)
+  // softmax_lanes' scores [T][HRp], P pairs [T/2][HRp] and int8 scales [T][ldsc] (decode.h).
+  const std::int64_t HRp = (HR + 15) / 16 * 16, ldsc = p.hkv + 16;
+  float* stl = vscale + p.hkv * T;
+  auto* pbl = reinterpret_cast<std::uint32_t*>(stl + T * HRp);
+  float* kscale_t = stl + T * HRp + T / 2 * HRp;
+  float* vscale_t = kscale_t + T * ldsc;
+#endif
   // Non-f32 V rows read by more than one row block are staged as f32 (widen_row), else as they are.
   const bool widen_v = kWidened<DT> && R > RB;
   const std::uint8_t *knext[T], *vnext[T];
@@ -877,8 +935,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
           constexpr int KT = kIntDot<DT> ? kI16 : kBf16;
           const std::uint32_t* q = qt + g * R * ld / 2;
           std::int64_t rv = 0;
-          for (; rv + 2 <= R / 16; rv += 2) score_rows<KT, 2>(q, R, d, k, w.s, t, rv);
-          if (rv < R / 16) score_rows<KT, 1>(q, R, d, k, w.s, t, rv);
+          for (; rv + 2 <= R / 16; rv += 2) score_rows<KT, 2>(q, R, d, k, stl + g * R, HRp, t, rv);
+          if (rv < R / 16) score_rows<KT, 1>(q, R, d, k, stl + g * R, HRp, t, rv);
           continue;
         }
         if (kIntDot<DT> && R > SRB) {
@@ -930,8 +988,9 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       }
     }
 #if defined(__AVX512BF16__)
-    if constexpr (kDot<DT>) {  // V as key pairs, [head][pair][ld·2]
+    if constexpr (kDot<DT>) {  // V as key pairs, [head][pair][ld·2], for groups of more than RB rows
       auto* stage = reinterpret_cast<std::uint16_t*>(stage_v);
+      if (R > RB)
       for (std::int64_t t = 0; t < nt; t += 2)
         for (std::int64_t g = 0; g < H; ++g) {
           for (std::int64_t i = t + 2; i < std::min(t + 4, nt); ++i)  // the next pair's rows, into L1
@@ -960,26 +1019,24 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         }
     }
 #if defined(__AVX512BF16__)
-    if (lanes) {
-      for (std::int64_t g = 0; g < H; ++g) {
-        Scratch w = all;
-        w.pb = all.pb + g * R * (T / 2);
-        w.m = all.m + g * R;
-        w.l = all.l + g * R;
-        w.alpha = all.alpha + g * R;
-        w.pscale = all.pscale + g * R;
-        softmax_rows<DT>(w, R, all.s + g * R * T, nt, kscale + g * T, vscale + g * T, p.scale, rel + g * R,
-                         kIntDot<DT> ? all.qscale + g * R : nullptr);
-      }
+    if constexpr (kDot<DT>) {  // every row of the item as a lane (softmax_lanes)
+      if (!lanes)
+        for (std::int64_t r0 = 0; r0 < HR; r0 += 16)
+          transpose_scores(all.s + r0 * T, std::min<std::int64_t>(16, HR - r0), stl + r0, HRp);
+      if constexpr (kIntDot<DT>)
+        for (std::int64_t g = 0; g < H; ++g)
+          for (std::int64_t t = 0; t < T; ++t) {
+            kscale_t[t * ldsc + g] = kscale[g * T + t];
+            vscale_t[t * ldsc + g] = vscale[g * T + t];
+          }
+      softmax_lanes<DT>(all, HR, R, stl, HRp, nt, kscale_t, vscale_t, ldsc, p.scale, rel,
+                        kIntDot<DT> ? all.qscale : nullptr, pbl);
     } else
 #endif
     {
       softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntQ<DT> ? all.qscale : nullptr);
-#if defined(__AVX512BF16__) || defined(MHA_DECODE_MADD)
+#if defined(MHA_DECODE_MADD)
       if constexpr (kIntQ<DT>) pack_probabilities_i16(all, HR);
-#endif
-#if defined(__AVX512BF16__)
-      if constexpr (kDot<DT> && !kIntDot<DT>) pack_probabilities(all, HR);
 #endif
     }
     for (std::int64_t g = 0; g < H; ++g) {
@@ -989,12 +1046,23 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       w.o = all.o + g * R * ld;
       w.alpha = all.alpha + g * R;
       w.pscale = all.pscale + g * R;
-      if (lanes) {  // P as [pair][row]
+#if defined(__AVX512BF16__)
+      if (kDot<DT>) {  // P as [pair][row]
+        w.pb = pbl + g * R;
         w.pb_row_stride = 1;
-        w.pb_pair_stride = R;
+        w.pb_pair_stride = HRp;
       }
+#endif
 #if defined(__AVX512BF16__)
       if constexpr (kDot<DT>) {
+        if (R <= RB) {
+          alignas(64) static const std::uint16_t zeros[(kMaxHeadDim + 31) / 32 * 32] = {};
+          for (std::int64_t t = 0; t < nt; ++t) vrow[t] = vbase[t] + g * hs;
+          if (nt % 2 != 0) vrow[nt] = zeros;
+          for_row_blocks<RB>(
+              R, [&](std::int64_t r0, auto rb) { pv_dot_rows<DT, decltype(rb)::value>(w, d, r0, vrow, (nt + 1) / 2); });
+          continue;
+        }
         const auto* stage = reinterpret_cast<const std::uint16_t*>(stage_v) + g * (T / 2) * ld * 2;
         for_row_blocks<RB>(
             R, [&](std::int64_t r0, auto rb) { pv_dot<DT, decltype(rb)::value>(w, r0, stage, (nt + 1) / 2); });
