@@ -413,8 +413,9 @@ def main():
                                 "torch_fraction_of_ceiling": frac(t_us), "ort_fraction_of_ceiling": frac(o_us),
                                 "mha_over_best_peer": ratio, "peer_notes": run["why"]})
             out()
-            out("Read ceiling: mha's streaming read of 512 MiB on all threads, best of its runs. Every "
-                "contender cycles over cache copies totalling ≥ 256 MiB, so steps read from memory.")
+            out("Read ceiling: mha's best streaming read on all threads (a 512 MiB buffer on huge pages, and "
+                "each row's own caches), best of its runs. Every contender cycles over cache copies "
+                "totalling ≥ 256 MiB, so steps read from memory.")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(records, f, indent=2)

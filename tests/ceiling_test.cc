@@ -4,10 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "mha/errors.h"
 #include "mha/runtime.h"
+#include "runtime/aligned_buffer.h"
 
 namespace mha::detail {
 namespace {
@@ -35,6 +38,19 @@ TEST(Ceiling, MeasuresARateOnEveryIsa) {
     const double g = measure_ceiling_gflops(Isa::avx512bf16, PeakKind::bf16_dot, 0.01);
     EXPECT_TRUE(std::isfinite(g) && g > 0) << g;
   }
+}
+
+TEST(Ceiling, ReadsTheMemoryItIsGiven) {
+  AlignedBuffer buffer(std::size_t(1) << 20);  // 4 MiB, two regions of 2
+  std::fill(buffer.data(), buffer.data() + buffer.size(), 1.f);
+  const std::vector<ReadRegion> regions = {{buffer.data(), std::size_t(2) << 20},
+                                           {buffer.data() + (std::size_t(1) << 19), std::size_t(2) << 20}};
+  for (Isa isa : supported_isas()) {
+    const double g = measure_read_bandwidth_gbps(isa, regions, 1);
+    EXPECT_TRUE(std::isfinite(g) && g > 0) << to_string(isa) << ": " << g;
+  }
+  // Shares under 512 floats are not read, and count no bytes.
+  EXPECT_EQ(measure_read_bandwidth_gbps(Isa::generic, {{buffer.data(), 64}}, 1), 0.0);
 }
 
 TEST(Ceiling, Bf16DotNeedsItsIsa) {

@@ -9,14 +9,11 @@
 #include <limits>
 #include <new>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #include "api/validate.h"
 #include "api/views.h"
 #include "mha/attention.h"
 #include "mha/errors.h"
+#include "runtime/aligned_buffer.h"
 #include "runtime/dtype_convert.h"
 #include "runtime/thread_pool.h"
 
@@ -34,17 +31,10 @@ std::size_t element_bytes(CacheDType t) {
   return 4;
 }
 
-// Large caches are 2 MiB aligned and asked for transparent huge pages: a decode step walks the
-// whole cache, and with 4 KiB pages every few rows cost a TLB miss.
+// Large caches are on huge pages (allocate_aligned): a decode step walks the whole cache.
 std::uint8_t* allocate(std::size_t bytes) {
-  constexpr std::size_t kHuge = std::size_t(2) << 20;
-  const std::size_t align = bytes >= kHuge ? kHuge : 64;
-  const std::size_t size = std::max(align, (bytes + align - 1) / align * align);
-  void* p = std::aligned_alloc(align, size);
+  void* p = detail::allocate_aligned(bytes);
   if (p == nullptr) throw OutOfMemory("config", fmt::format("KvCache: cannot allocate {} bytes", bytes));
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  if (align == kHuge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure changes nothing
-#endif
   return static_cast<std::uint8_t*>(p);
 }
 

@@ -50,7 +50,7 @@ double run_once(Loop loop, std::int64_t iters) {
   return total / *std::max_element(seconds.begin(), seconds.end()) * 1e-9;
 }
 
-using ReadLoop = float (*)(const float*, std::int64_t);
+using ReadLoop = float (*)(const float*, std::int64_t, int);
 
 ReadLoop read_loop(Isa isa) {
   switch (isa) {
@@ -64,18 +64,21 @@ ReadLoop read_loop(Isa isa) {
 
 }  // namespace
 
-double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes, int runs) {
+double measure_read_bandwidth_gbps(Isa isa, const std::vector<ReadRegion>& regions, int runs) {
   const ReadLoop loop = read_loop(isa);
   const std::shared_ptr<ThreadPool> pool = global_pool();
   const int n = pool->size();
-  // Slices are whole multiples of 64 floats, so every thread's loop runs full vectors.
-  const std::int64_t slice = std::int64_t(bytes / sizeof(float)) / n / 64 * 64;
-  AlignedBuffer buffer(std::size_t(slice * n));
-  pool->parallel_for(n, [&](std::int64_t i) {  // touch every page from the thread that reads it
-    std::fill(buffer.data() + i * slice, buffer.data() + (i + 1) * slice, 1.0f);
-  });
+  // Each thread's share of a region is whole multiples of 512 floats, so every stream runs full
+  // lines; the few bytes left over are not read and not counted.
+  std::vector<std::int64_t> share;
+  double bytes = 0;
+  for (const ReadRegion& r : regions) {
+    share.push_back(std::int64_t(r.bytes / sizeof(float)) / n / 512 * 512);
+    bytes += double(share.back()) * n * sizeof(float);
+  }
   double best = 0;
-  for (int r = 0; r < runs; ++r) {
+  for (int r = 0; r < 2 * runs; ++r) {
+    const int streams = r % 2 == 0 ? 1 : 8;
     std::atomic<int> arrived{0};
     std::vector<double> seconds(static_cast<std::size_t>(n));
     std::atomic<float> sink{0};
@@ -84,13 +87,26 @@ double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes, int runs) {
       while (arrived.load() < n) {
       }
       const auto t0 = std::chrono::steady_clock::now();
-      sink.store(loop(buffer.data() + i * slice, slice), std::memory_order_relaxed);
+      float sum = 0;
+      for (std::size_t j = 0; j < regions.size(); ++j)
+        if (share[j] > 0)
+          sum += loop(static_cast<const float*>(regions[j].p) + i * share[j], share[j], streams);
+      sink.store(sum, std::memory_order_relaxed);
       seconds[std::size_t(i)] = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     });
-    best = std::max(
-        best, double(slice * n) * sizeof(float) / *std::max_element(seconds.begin(), seconds.end()) * 1e-9);
+    best = std::max(best, bytes / *std::max_element(seconds.begin(), seconds.end()) * 1e-9);
   }
   return best;
+}
+
+double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes, int runs) {
+  const std::shared_ptr<ThreadPool> pool = global_pool();
+  const std::int64_t n = pool->size(), slice = std::int64_t(bytes / sizeof(float)) / n / 512 * 512;
+  AlignedBuffer buffer(std::size_t(slice * n));
+  pool->parallel_for(n, [&](std::int64_t i) {  // touch every page from the thread that reads it
+    std::fill(buffer.data() + i * slice, buffer.data() + (i + 1) * slice, 1.0f);
+  });
+  return measure_read_bandwidth_gbps(isa, {{buffer.data(), std::size_t(slice * n) * sizeof(float)}}, runs);
 }
 
 double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds) {

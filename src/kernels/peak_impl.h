@@ -35,15 +35,31 @@ double peak_fma_loop(std::int64_t iters) {
   return double(iters) * ACC * Vec::N * 2;
 }
 
-// Streams n floats (n a multiple of 4·Vec::N) through vector loads with four independent sums, the
-// way a memory-bound kernel reads: returns the sum so the loads cannot be dropped.
-float read_loop(const float* p, std::int64_t n) {
+// Streams n floats (n a multiple of 4·Vec::N·streams) through vector loads with four independent
+// sums, the way a memory-bound kernel reads: returns the sum so the loads cannot be dropped. Several
+// streams read their parts a 64-byte line at a time each, in turn, and ask for the line 4 KB ahead.
+float read_loop(const float* p, std::int64_t n, int streams) {
   Vec::T a0 = Vec::zero(), a1 = Vec::zero(), a2 = Vec::zero(), a3 = Vec::zero();
-  for (std::int64_t i = 0; i < n; i += 4 * Vec::N) {
-    a0 = Vec::add(a0, Vec::load(p + i));
-    a1 = Vec::add(a1, Vec::load(p + i + Vec::N));
-    a2 = Vec::add(a2, Vec::load(p + i + 2 * Vec::N));
-    a3 = Vec::add(a3, Vec::load(p + i + 3 * Vec::N));
+  if (streams == 1) {
+    for (std::int64_t i = 0; i < n; i += 4 * Vec::N) {
+      a0 = Vec::add(a0, Vec::load(p + i));
+      a1 = Vec::add(a1, Vec::load(p + i + Vec::N));
+      a2 = Vec::add(a2, Vec::load(p + i + 2 * Vec::N));
+      a3 = Vec::add(a3, Vec::load(p + i + 3 * Vec::N));
+    }
+  } else {
+    constexpr std::int64_t line = 64 / sizeof(float), ahead = 4096 / sizeof(float);
+    const std::int64_t part = n / streams;
+    for (std::int64_t i = 0; i < part; i += 2 * line)
+      for (int s = 0; s < streams; ++s) {
+        const float* q = p + s * part + i;
+        __builtin_prefetch(q + ahead, 0, 2);
+        __builtin_prefetch(q + ahead + line, 0, 2);
+        for (std::int64_t j = 0; j < 2 * line; j += 2 * Vec::N) {
+          a0 = Vec::add(a0, Vec::load(q + j));
+          a1 = Vec::add(a1, Vec::load(q + j + Vec::N));
+        }
+      }
   }
   float lanes[Vec::N];
   Vec::store(lanes, Vec::add(Vec::add(a0, a1), Vec::add(a2, a3)));
