@@ -46,6 +46,7 @@ struct DecodeParams {
 struct DecodeItem {
   std::int64_t b, t0, t1, g0, g1;
   float* partial;
+  const DecodeItem* next = nullptr;  // the item the same thread runs next, whose first tile it prefetches
 };
 
 // Row stride of q and O in the scratch: d rounded up to 32, so the bf16 dot-product kernel works on

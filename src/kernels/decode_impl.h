@@ -897,8 +897,16 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
     const std::int64_t nt = std::min(T, it.t1 - t0);
     token_rows(p, table, t0, nt, row_bytes, it.g0 * hs, kbase, vbase, rows);
-    const std::int64_t nt_next = std::min(T, it.t1 - t0 - T);
-    if (nt_next > 0) token_rows(p, table, t0 + T, nt_next, row_bytes, it.g0 * hs, knext, vnext, next_rows);
+    std::int64_t nt_next = std::min(T, it.t1 - t0 - T), h_next = H;
+    if (nt_next > 0) {
+      token_rows(p, table, t0 + T, nt_next, row_bytes, it.g0 * hs, knext, vnext, next_rows);
+    } else if (it.next != nullptr) {  // the next item's first tile
+      const DecodeItem& n = *it.next;
+      nt_next = std::min(T, n.t1 - n.t0);
+      h_next = std::min(H, n.g1 - n.g0);
+      token_rows(p, p.tables + std::int64_t(p.seqs[n.b]) * p.blocks_per_seq, n.t0, nt_next, row_bytes, n.g0 * hs,
+                 knext, vnext, next_rows);
+    }
     for (std::int64_t g = 0; g < H; ++g)
       for (std::int64_t t = 0; t < T; ++t) {
         kscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.k_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
@@ -911,7 +919,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       for (std::int64_t g = 0; g < H; ++g) {
         // Head g of the same 4 rows of the next tile, into L2, a tile's math ahead of their use
         // (essay); spread over the heads so that a few misses are asked for at a time.
-        for (std::int64_t i = t; i < std::min(t + 4, nt_next); ++i)
+        for (std::int64_t i = t; i < (g < h_next ? std::min(t + 4, nt_next) : 0); ++i)
           for (std::size_t b = g * hs; b < g * hs + hb; b += 64) {
             __builtin_prefetch(knext[i] + b, 0, 2);
             if constexpr (kPrefetchNextV) __builtin_prefetch(vnext[i] + b, 0, 2);
