@@ -202,6 +202,7 @@ constexpr bool kWidened = !kDot<DT> && !kMadd<DT> && (DT == kI8 || DT == kF16);
 struct Scratch {
   float* q;           // [R][ld]
   std::uint16_t* qb;  // [R][ld] q rounded to bf16 (kDot) or as int16 (kIntQ), zero past d
+  std::uint16_t* qp;  // qb as row pairs (pack_row_pairs), in q's place (kDot groups under 16 rows)
   float* s;           // [R][T] scores, then probabilities (times the V scale for int8)
   std::uint32_t* pb;  // P as bf16 (kDot) or int16 (kIntQ) pairs: [R][T/2], or [T/2][R] (pb_pair_stride R)
   float* o;           // [R][ld]
@@ -324,11 +325,93 @@ __m512i load_dot_chunk(const void* row, std::int64_t e, std::int64_t d) {
   return load_bf16_chunk(row, e, d);
 }
 
+// Lanes 4r + i of the 4×4 block of scores from acc[p][i], whose lanes 0-7 hold row 2p's partial
+// sums against key i and lanes 8-15 row 2p + 1's (score_quad_dot's row pairs): 21 shuffles and adds
+// for 16 sums, where 4 hsum4 take 52.
+inline __m512 hsum_pairs(const __m512 (&a)[2][4]) {
+  __m512 w[2];
+  for (int p = 0; p < 2; ++p) {
+    const __m512 u =
+        _mm512_add_ps(_mm512_unpacklo_ps(a[p][0], a[p][1]), _mm512_unpackhi_ps(a[p][0], a[p][1]));
+    const __m512 v =
+        _mm512_add_ps(_mm512_unpacklo_ps(a[p][2], a[p][3]), _mm512_unpackhi_ps(a[p][2], a[p][3]));
+    const __m512d ud = _mm512_castps_pd(u), vd = _mm512_castps_pd(v);
+    w[p] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(ud, vd)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(ud, vd)));
+  }
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88), _mm512_shuffle_f32x4(w[0], w[1], 0xdd));
+}
+inline __m512 hsum_pairs(const __m512i (&a)[2][4]) {
+  __m512i w[2];
+  for (int p = 0; p < 2; ++p) {
+    const __m512i u =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a[p][0], a[p][1]), _mm512_unpackhi_epi32(a[p][0], a[p][1]));
+    const __m512i v =
+        _mm512_add_epi32(_mm512_unpacklo_epi32(a[p][2], a[p][3]), _mm512_unpackhi_epi32(a[p][2], a[p][3]));
+    w[p] = _mm512_add_epi32(_mm512_unpacklo_epi64(u, v), _mm512_unpackhi_epi64(u, v));
+  }
+  return _mm512_cvtepi32_ps(
+      _mm512_add_epi32(_mm512_shuffle_i32x4(w[0], w[1], 0x88), _mm512_shuffle_i32x4(w[0], w[1], 0xdd)));
+}
+
+// q rows as row pairs for score_quad_dot's blocks of 4: qp[j][c] = (row 2j's 16 elements 16c ..,
+// row 2j + 1's), 32 bf16 or int16 per chunk (an odd last row has no pair: no block of 4 reads it).
+inline void pack_row_pairs(const std::uint16_t* qb, std::int64_t R, std::int64_t ld, std::uint16_t* qp) {
+  for (std::int64_t j = 0; j < R / 2; ++j)
+    for (std::int64_t c = 0; c < ld / 16; ++c)
+      for (std::int64_t h = 0; h < 2; ++h)
+        std::memcpy(qp + (j * (ld / 16) + c) * 32 + h * 16, qb + (2 * j + h) * ld + 16 * c, 32);
+}
+
+// 16 elements of a K row (bf16, int16, or int8 widened to int16) at e in both halves (zero past d).
+template <int DT>
+__m512i load_half_chunk(const void* row, std::int64_t e, std::int64_t d) {
+  if constexpr (DT == kI8) {
+    const auto* p = static_cast<const std::int8_t*>(row) + e;
+    const __m128i x =
+        e + 16 <= d ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(p))
+                    : _mm_maskz_loadu_epi8(d - e <= 0 ? __mmask16(0) : __mmask16((1u << (d - e)) - 1u), p);
+    return _mm512_broadcast_i64x4(_mm256_cvtepi8_epi16(x));
+  }
+  if (DT == kI16 || e + 16 <= d)
+    return _mm512_broadcast_i64x4(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(static_cast<const std::uint16_t*>(row) + e)));
+  const __mmask16 m = d - e <= 0 ? __mmask16(0) : __mmask16((1u << (d - e)) - 1u);
+  return _mm512_broadcast_i64x4(_mm256_maskz_loadu_epi16(m, static_cast<const std::uint16_t*>(row) + e));
+}
+
 // score_quad for kDot: 32 elements per vdpbf16ps (bf16) or vpdpwssd (int8 widened to int16, q as
-// int16), K rows dotted in place.
+// int16), K rows dotted in place. Blocks of 4 rows dot 2 rows at once instead, each a 256-bit half
+// against 16 elements of the key broadcast to both (q packed by pack_row_pairs): the same products
+// per instruction, and 8 accumulators to reduce where 16 took 2.5 times the shuffles (hsum_pairs).
 template <int DT, int rb>
 void score_quad_dot(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k, std::int64_t t) {
   const std::int64_t ld = w.ld;
+  if constexpr (rb == 4) {
+    DotAcc<DT> acc[2][4];
+#pragma GCC unroll 2
+    for (int p = 0; p < 2; ++p)
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) acc[p][i] = DotAcc<DT>{};
+    const std::uint16_t* qp = w.qp + r0 * ld;  // pairs r0 / 2 and r0 / 2 + 1
+    for (std::int64_t e = 0; e < ld; e += 16) {
+      __m512i kv[4];
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) kv[i] = load_half_chunk<DT>(k[i], e, d);
+#pragma GCC unroll 2
+      for (int p = 0; p < 2; ++p) {
+        const __m512i qv = _mm512_loadu_si512(qp + p * 2 * ld + 2 * e);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) acc[p][i] = dot_pairs(acc[p][i], qv, kv[i]);
+      }
+    }
+    const __m512 x = hsum_pairs(acc);
+    _mm_storeu_ps(w.s + r0 * T + t, _mm512_castps512_ps128(x));
+    _mm_storeu_ps(w.s + (r0 + 1) * T + t, _mm512_extractf32x4_ps(x, 1));
+    _mm_storeu_ps(w.s + (r0 + 2) * T + t, _mm512_extractf32x4_ps(x, 2));
+    _mm_storeu_ps(w.s + (r0 + 3) * T + t, _mm512_extractf32x4_ps(x, 3));
+    return;
+  }
   DotAcc<DT> acc[rb][4];
 #pragma GCC unroll 4
   for (int r = 0; r < rb; ++r)
@@ -805,6 +888,21 @@ void token_rows(const DecodeParams& p, const std::int32_t* table, std::int64_t t
   }
 }
 
+// Asks for bytes [0, n) of row, a 64-byte line at a time, four lines per loop step: the L1 prefetch
+// loops had cost more instructions than the prefetches themselves (one Zen 4 thread, 32/8 in L2:
+// 3 % of a step). Not for the next tile's L2 prefetches, which must stay spread out (run_chunk).
+template <int Locality>
+void prefetch_bytes(const std::uint8_t* row, std::size_t n) {
+  std::size_t b = 0;
+  for (; b + 256 <= n; b += 256) {
+    __builtin_prefetch(row + b, 0, Locality);
+    __builtin_prefetch(row + b + 64, 0, Locality);
+    __builtin_prefetch(row + b + 128, 0, Locality);
+    __builtin_prefetch(row + b + 192, 0, Locality);
+  }
+  for (; b < n; b += 64) __builtin_prefetch(row + b, 0, Locality);
+}
+
 void copy_bytes(std::uint8_t* dst, const std::uint8_t* src, std::size_t n) {
   std::size_t i = 0;
   for (; i + sizeof(Vec::T) <= n; i += sizeof(Vec::T))
@@ -867,8 +965,11 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   [[maybe_unused]] const bool lanes = kDot<DT> && R % 16 == 0;
 #if defined(__AVX512BF16__)
   auto* qt = reinterpret_cast<std::uint32_t*>(all.q);
+  all.qp = reinterpret_cast<std::uint16_t*>(all.q);
   if (lanes)
     for (std::int64_t g = 0; g < H; ++g) pack_rows_q(all.qb + g * R * ld, R, ld, qt + g * R * ld / 2);
+  else if (kDot<DT> && R >= 4)
+    for (std::int64_t g = 0; g < H; ++g) pack_row_pairs(all.qb + g * R * ld, R, ld, all.qp + g * R * ld);
 #endif
 
   const std::int32_t* table = p.tables + std::int64_t(p.seqs[it.b]) * p.blocks_per_seq;
@@ -918,17 +1019,19 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     for (std::int64_t t = 0; t < nt; t += 4) {
       for (std::int64_t g = 0; g < H; ++g) {
         // Head g of the same 4 rows of the next tile, into L2, a tile's math ahead of their use
-        // (essay); spread over the heads so that a few misses are asked for at a time.
+        // (essay); spread over the heads so that a few misses are asked for at a time. Issued four
+        // lines per loop step (prefetch_bytes), 32/8 bf16 steps took 25-35 % longer, and asking for
+        // every other line (the adjacent-line prefetcher left to fetch the rest) 30 % longer.
         for (std::int64_t i = t; i < (g < h_next ? std::min(t + 4, nt_next) : 0); ++i)
           for (std::size_t b = g * hs; b < g * hs + hb; b += 64) {
             __builtin_prefetch(knext[i] + b, 0, 2);
             if constexpr (kPrefetchNextV) __builtin_prefetch(vnext[i] + b, 0, 2);
           }
-        for (std::int64_t i = t + 4; i < std::min(t + 8, nt); ++i)
-          for (std::size_t b = g * hs; b < g * hs + hb; b += 64) __builtin_prefetch(kbase[i] + b, 0, 3);
+        for (std::int64_t i = t + 4; i < std::min(t + 8, nt); ++i) prefetch_bytes<3>(kbase[i] + g * hs, hb);
         Scratch w = all;
         w.q = all.q + g * R * ld;
         w.qb = all.qb + g * R * ld;
+        w.qp = all.qp + g * R * ld;
         w.s = all.s + g * R * T;
         const void* k[8];  // this step's 4 keys, and for one row (below) the next step's 4
         for (int i = 0; i < 8; ++i) k[i] = kbase[std::min(t + i, nt - 1)] + std::size_t(g) * hs;
@@ -1002,7 +1105,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       for (std::int64_t t = 0; t < nt; t += 2)
         for (std::int64_t g = 0; g < H; ++g) {
           for (std::int64_t i = t + 2; i < std::min(t + 4, nt); ++i)  // the next pair's rows, into L1
-            for (std::size_t b = g * hs; b < g * hs + hb; b += 64) __builtin_prefetch(vbase[i] + b, 0, 3);
+            prefetch_bytes<3>(vbase[i] + g * hs, hb);
           stage_pair<DT>(vbase[t] + g * hs, t + 1 < nt ? vbase[t + 1] + g * hs : nullptr, d, ld,
                          stage + (g * (T / 2) + t / 2) * ld * 2);
         }
