@@ -51,6 +51,13 @@
 // On Zen 3 (AVX2, 2 threads, side by side) V is better left to the hardware, which follows the
 // row-order staging copy: without V's prefetches 32/8 bf16 ran 3-8 % faster (context 4096 batch 1
 // and 8, 32768), the other rows within the host's noise (32/32, 32/1, int8: 0.90-1.09 both ways).
+// Zen 4 again, against the ceiling read on the caches' own pages (bench decode): 32/32 bf16 reads
+// at 75-80 % of it, 32/8 bf16 at about 60 %. One thread with 32/8's cache in L2 runs at 28 GB/s
+// (65 cycles per key and head, for 32 vdpbf16ps), from memory the two threads read 35 GB/s of the
+// caches' ~60: time is near the sum of the two, not their maximum. A model of this access pattern
+// (prefetches a tile ahead, and FMA work in place of the math) behaves the same, and none of these
+// changed that: prefetching two tiles ahead, in address order, spread through the math, V's during
+// P·V, every other line (30 % slower), four lines per loop step (25-35 % slower), with t0 or nta.
 // MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
 // keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
 // chains kept the two FMA pipes a quarter to half busy. One row takes 8 keys per score step and 8 O
