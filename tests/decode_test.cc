@@ -239,6 +239,18 @@ TEST(Decode, BatchedStepEqualsPerSequenceStepsAndAnyThreadCount) {
   }
 }
 
+// x [B, rows, heads, D] of es-byte elements in PyTorch's layout [B, heads, rows, D].
+std::vector<std::uint8_t> to_bhsd(const std::vector<std::uint8_t>& x, std::int64_t B, std::int64_t rows,
+                                  std::int64_t heads, std::int64_t D, std::size_t es) {
+  std::vector<std::uint8_t> y(x.size());
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t t = 0; t < rows; ++t)
+      for (std::int64_t h = 0; h < heads; ++h)
+        std::memcpy(&y[std::size_t(((b * heads + h) * rows + t) * D) * es],
+                    &x[std::size_t(((b * rows + t) * heads + h) * D) * es], std::size_t(D) * es);
+  return y;
+}
+
 // n normal values (seeded) stored as dt.
 std::vector<std::uint8_t> normal_bytes(DType dt, std::size_t n, std::uint64_t seed) {
   const std::vector<float> f = check::normal_vector(n, seed);
@@ -275,16 +287,7 @@ TEST(ForwardAsDecode, EqualsTheKvCacheCallBitForBitAndAnyThreadCount) {
       }
       set_num_threads(saved);
       // PyTorch's layout: q, K, V and out as [B, H, S, D] (head stride S·D, token stride D).
-      auto to_bhsd = [&](const std::vector<std::uint8_t>& x, std::int64_t rows, std::int64_t heads) {
-        std::vector<std::uint8_t> y(x.size());
-        for (std::int64_t b = 0; b < B; ++b)
-          for (std::int64_t t = 0; t < rows; ++t)
-            for (std::int64_t h = 0; h < heads; ++h)
-              std::memcpy(&y[std::size_t(((b * heads + h) * rows + t) * D) * es],
-                          &x[std::size_t(((b * rows + t) * heads + h) * D) * es], std::size_t(D) * es);
-        return y;
-      };
-      auto qh = to_bhsd(q, nq, Hq), kh = to_bhsd(kc, S, Hkv), vh = to_bhsd(vc, S, Hkv);
+      auto qh = to_bhsd(q, B, nq, Hq, D, es), kh = to_bhsd(kc, B, S, Hkv, D, es), vh = to_bhsd(vc, B, S, Hkv, D, es);
       Tensor kb = Tensor::bhsd(kh.data(), dt, B, S, Hkv, D), vb = Tensor::bhsd(vh.data(), dt, B, S, Hkv, D);
       kb.shape[1] = vb.shape[1] = lens[0];
       std::vector<float> got_h(got.size(), -1.0f);
@@ -357,6 +360,26 @@ TEST(ForwardAsDecode, LongDraftsOnLongCachesAreDecodingSteps) {
         EXPECT_EQ(got, want) << to_string(dt) << " nq " << nq << ", " << threads << " threads";
       }
       set_num_threads(saved);
+      // In PyTorch's [B, H, S, D] they are decoding steps too where AVX-512 runs them (the forward
+      // keeps them on AVX2: forward_as_decode.cc).
+      for (Isa isa : supported_isas()) {
+        if (isa < Isa::avx512) continue;
+        set_isa(isa);
+        std::vector<float> ref(want.size()), got_h(want.size(), -1.0f);
+        attention_with_kvcache(qt, k, v, lens, Tensor::bshd(ref.data(), DType::f32, B, nq, Hq, D), {.causal = true});
+        auto qh = to_bhsd(q, B, nq, Hq, D, es), kh = to_bhsd(kc, B, S, Hkv, D, es), vh = to_bhsd(vc, B, S, Hkv, D, es);
+        attention(Tensor::bhsd(qh.data(), dt, B, nq, Hq, D), Tensor::bhsd(kh.data(), dt, B, S, Hkv, D),
+                  Tensor::bhsd(vh.data(), dt, B, S, Hkv, D), Tensor::bhsd(got_h.data(), DType::f32, B, nq, Hq, D),
+                  {.causal = true});
+        for (std::int64_t b = 0; b < B; ++b)
+          for (std::int64_t i = 0; i < nq; ++i)
+            for (std::int64_t h = 0; h < Hq; ++h)
+              for (std::int64_t e = 0; e < D; ++e)
+                got[std::size_t(((b * nq + i) * Hq + h) * D + e)] =
+                    got_h[std::size_t(((b * Hq + h) * nq + i) * D + e)];
+        EXPECT_EQ(got, ref) << to_string(dt) << " nq " << nq << ", [B, H, S, D], " << to_string(isa);
+      }
+      set_isa(default_isa());
     }
   }
 }

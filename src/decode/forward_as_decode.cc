@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kernels/decode.h"
+#include "mha/runtime.h"
 #include "runtime/aligned_buffer.h"
 #include "runtime/dtype_convert.h"
 
@@ -44,13 +45,18 @@ namespace {
 // 8192 32/8 25.8 -> 16.0). So 2048 keys: a clear gain on Zen 4; on Zen 3 at most 7 % slower.
 // All of that is in a cache's layout, where a head's rows are Hkv·D elements apart (16 KB for 32
 // heads of f32), each on its own page and few cache set offsets. In PyTorch's [B, H, S, D], where
-// the forward reads each head's rows contiguously, it kept the lead: 32/32 Nq 16 19.0 -> 24.0, 32/8
-// 14.4 -> 16.8; bf16 32/32 13.6 -> 17.5, 32/8 10.4 -> 12.6 (one earlier run 16.7 -> 14.4).
+// the forward reads each head's rows contiguously, it kept the lead on Zen 3: 32/32 Nq 16 19.0 ->
+// 24.0, 32/8 14.4 -> 16.8; bf16 32/32 13.6 -> 17.5, 32/8 10.4 -> 12.6 (one earlier run 16.7 ->
+// 14.4). Not with AVX-512 (Zen 4, same method, decode kernels of session 22): context 4096 32/32
+// Nq 16 f32 12.1 -> 11.1, bf16 5.58 -> 5.44; 32/8 f32 8.95 -> 8.17, bf16 4.33 -> 3.62, batch 4 bf16
+// 18.6 -> 17.5 (f32 35.5 -> 35.1); 2048 keys 32/32 f32 6.38 -> 5.95, 32/8 bf16 1.95 -> 1.77; one
+// loss, 32/32 Nq 24 bf16 7.87 -> 8.10. So there both layouts take the decode kernels.
 bool decode_wins(const AttentionParams& p) {
   if (p.nq <= 8) return true;
   const std::int64_t keys = p.cu_k == nullptr ? p.nk : (p.cu_k[p.batch] - p.cu_k[0]) / p.batch;  // mean
   const bool token_rows = p.k_stride[2] < p.k_stride[1];  // a token's heads side by side (a cache's rows)
-  return token_rows && p.nq <= 24 && p.hq / p.hkv * p.nq <= 64 && keys >= 2048;
+  return (token_rows || active_isa() >= Isa::avx512) && p.nq <= 24 && p.hq / p.hkv * p.nq <= 64 &&
+         keys >= 2048;
 }
 
 // K and V with the same strides, each head's d elements contiguous, and (batched, not packed)
