@@ -1015,11 +1015,21 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       token_rows(p, p.tables + std::int64_t(p.seqs[n.b]) * p.blocks_per_seq, n.t0, nt_next, row_bytes, n.g0 * hs,
                  knext, vnext, next_rows);
     }
-    for (std::int64_t g = 0; g < H; ++g)
-      for (std::int64_t t = 0; t < T; ++t) {
-        kscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.k_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
-        vscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.v_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
-      }
+#if defined(__AVX512BF16__)
+    if constexpr (kIntDot<DT>) {  // softmax_lanes' [T][ldsc] scales: a row's heads are side by side
+      for (std::int64_t t = 0; t < T; ++t)
+        for (std::int64_t g = 0; g < H; ++g) {
+          kscale_t[t * ldsc + g] = t >= nt ? 0.f : p.k_scale[rows[t] * p.hkv + it.g0 + g];
+          vscale_t[t * ldsc + g] = t >= nt ? 0.f : p.v_scale[rows[t] * p.hkv + it.g0 + g];
+        }
+    }
+    if constexpr (!kDot<DT>)  // softmax_tile's [H][T] scales (kDot needs none for bf16)
+#endif
+      for (std::int64_t g = 0; g < H; ++g)
+        for (std::int64_t t = 0; t < T; ++t) {
+          kscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.k_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
+          vscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.v_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
+        }
     for (std::int64_t g = 0, r = 0; g < H; ++g)  // row g·R + i·G + j sees L − nq + i + 1 keys
       for (std::int64_t i = 0; i < p.nq; ++i)
         for (std::int64_t j = 0; j < G; ++j, ++r) rel[r] = L - p.nq + i + 1 - t0;
@@ -1141,12 +1151,6 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       if (!lanes)
         for (std::int64_t r0 = 0; r0 < HR; r0 += 16)
           transpose_scores(all.s + r0 * T, std::min<std::int64_t>(16, HR - r0), stl + r0, HRp);
-      if constexpr (kIntDot<DT>)
-        for (std::int64_t g = 0; g < H; ++g)
-          for (std::int64_t t = 0; t < T; ++t) {
-            kscale_t[t * ldsc + g] = kscale[g * T + t];
-            vscale_t[t * ldsc + g] = vscale[g * T + t];
-          }
       softmax_lanes<DT>(all, HR, R, stl, HRp, nt, kscale_t, vscale_t, ldsc, p.scale, rel,
                         kIntDot<DT> ? all.qscale : nullptr, pbl);
     } else
