@@ -37,9 +37,11 @@ struct Shape {
   bool paged;
 };
 
+std::size_t element_bytes(CacheDType t) { return t == CacheDType::f32 ? 4 : t == CacheDType::int8 ? 1 : 2; }
+
 // Bytes a step reads: every visible K and V element once (and int8's scales).
 double step_bytes(const Shape& s, std::int64_t d) {
-  const double elem = s.dtype == CacheDType::f32 ? 4 : s.dtype == CacheDType::int8 ? 1 : 2;
+  const double elem = double(element_bytes(s.dtype));
   const double per_token_head = 2 * (d * elem + (s.dtype == CacheDType::int8 ? 4 : 0));
   return double(s.batch) * double(s.context) * double(s.hkv) * per_token_head;
 }
@@ -135,10 +137,7 @@ void run(const DecodeBenchArgs& a) {
     Caches c = build(s, a);
     const double us = time_step(s, c, a);
     // The K and V rows a step reads, of every layer, streamed as the ceiling loop streams.
-    const std::size_t row_bytes = std::size_t(s.hkv * a.head_dim) * (s.dtype == CacheDType::f32    ? 4
-                                                                     : s.dtype == CacheDType::int8 ? 1
-                                                                                                   : 2);
-    const std::size_t bytes = std::size_t(s.batch * s.context) * row_bytes;
+    const std::size_t bytes = std::size_t(s.batch * s.context * s.hkv * a.head_dim) * element_bytes(s.dtype);
     std::vector<detail::ReadRegion> regions;
     for (const auto& layer : c.layers) {
       const KvCache::Layout l = layer->layout();
