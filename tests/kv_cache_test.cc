@@ -45,6 +45,26 @@ TEST(KvCache, WritesReadBackInEveryDtypeAndLayout) {
   }
 }
 
+// K = V from one Tensor object: both caches hold it. write had told K from V by address, so the
+// second pass wrote K again and left V unwritten (zero pages, or a freed sequence's rows).
+TEST(KvCache, OneTensorPassedAsKAndVFillsBoth) {
+  for (CacheDType dt : {CacheDType::f32, CacheDType::bf16, CacheDType::int8}) {
+    KvCache cache({.kv_heads = 2, .head_dim = 4, .dtype = dt, .max_seqs = 1, .max_seq_len = 8, .block_size = 0});
+    const std::int32_t s = cache.add_sequence();
+    std::vector<float> x(6 * 8);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = float(int(i % 11) - 5);
+    const Tensor t = kv(x, 1, 6, 2, 4);
+    const std::int32_t pos = 0;
+    cache.write({&s, 1}, {&pos, 1}, t, t);
+    std::vector<float> rk(x.size(), -99.f), rv(x.size(), -99.f);
+    cache.read(s, 0, 6, rk.data(), rv.data());
+    for (std::size_t i = 0; i < x.size(); ++i) {
+      ASSERT_NEAR(rk[i], x[i], 0.05f) << to_string(dt) << " k " << i;
+      ASSERT_NEAR(rv[i], x[i], 0.05f) << to_string(dt) << " v " << i;
+    }
+  }
+}
+
 TEST(KvCache, PoolExhaustionIsCapacityExceededAndLeavesEverySequenceIntact) {
   KvCache cache({.kv_heads = 1,
                  .head_dim = 4,

@@ -227,8 +227,9 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
   detail::check_view(func, "v", v, 4, 4);
   const std::int64_t n_seqs = k.shape[0], n_tok = k.shape[1];
   const std::array<std::int64_t, 4> want{n_seqs, n_tok, c.kv_heads, c.head_dim};
-  for (const Tensor* t : {&k, &v}) {
-    const char* name = t == &k ? "k" : "v";
+  // k and v by position, never by address: one Tensor passed as both (K = V) is two arguments.
+  const std::pair<const Tensor*, const char*> kv[] = {{&k, "k"}, {&v, "v"}};
+  for (const auto& [t, name] : kv) {
     if (t->shape != want)
       throw InvalidArgument(
           name, fmt::format("{}: {} is {}, expected [{}, {}, {}, {}] ([seqs, tokens, Hkv, D])", func, name,
@@ -268,7 +269,7 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
   // int8 rows keep one scale per row: an inf would make it inf (the row dequantizes to NaN) and a
   // NaN would quantize to 0, so non-finite values are refused before anything is written.
   if (c.dtype == CacheDType::int8)
-    for (const Tensor* t : {&k, &v})
+    for (const auto& [t, name] : kv)
       for (std::int64_t i = 0; i < n_seqs; ++i)
         for (std::int64_t tok = 0; tok < n_tok; ++tok)
           for (std::int64_t h = 0; h < c.kv_heads; ++h)
@@ -277,10 +278,9 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
                   t->data, t->dtype,
                   i * t->strides[0] + tok * t->strides[1] + h * t->strides[2] + d * t->strides[3]);
               if (!std::isfinite(x))
-                throw InvalidArgument(t == &k ? "k" : "v",
-                                      fmt::format("{}: {}[{}, {}, {}, {}] = {} cannot be stored in an int8 "
-                                                  "cache, expected finite values",
-                                                  func, t == &k ? "k" : "v", i, tok, h, d, x));
+                throw InvalidArgument(name, fmt::format("{}: {}[{}, {}, {}, {}] = {} cannot be stored in an "
+                                                        "int8 cache, expected finite values",
+                                                        func, name, i, tok, h, d, x));
             }
   // Everything is checked: allocate, then write.
   for (std::int64_t i = 0; i < n_seqs && paged(); ++i) {
@@ -303,8 +303,9 @@ void KvCache::write(std::span<const std::int32_t> seqs, std::span<const std::int
         std::int64_t(L.tables[s * L.blocks_per_seq + pos / L.rows_per_block]) * L.rows_per_block +
         pos % L.rows_per_block;
     float x[kMaxHeadDim];
-    for (const Tensor* src : {&k, &v}) {
-      const bool is_k = src == &k;
+    for (int which = 0; which < 2; ++which) {
+      const Tensor* src = kv[which].first;
+      const bool is_k = which == 0;
       std::uint8_t* dst = (is_k ? k_.get() : v_.get()) + std::size_t(row) * row_bytes;
       for (std::int64_t h = 0; h < c.kv_heads; ++h) {
         const std::int64_t base = i * src->strides[0] + t * src->strides[1] + h * src->strides[2];

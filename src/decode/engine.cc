@@ -31,10 +31,14 @@ std::int32_t DecodeEngine::admit(const Tensor& q, const Tensor& k, const Tensor&
   const std::int64_t n = k.shape[0];
   // q, v and out are sliced by k's rows below: each must have them, and the head counts of a step.
   const KvCacheConfig& c = cache_.config();
-  const std::pair<const Tensor*, const char*> args[] = {{&q, "q"}, {&k, "k"}, {&v, "v"}, {&out, "out"}};
-  for (const auto& [t, name] : args) {
+  // Query-shaped or not by position, never by address (one Tensor may be passed twice).
+  const struct {
+    const Tensor* t;
+    const char* name;
+    bool query;
+  } args[] = {{&q, "q", true}, {&k, "k", false}, {&v, "v", false}, {&out, "out", true}};
+  for (const auto& [t, name, query] : args) {
     detail::check_view("DecodeEngine.admit", name, *t, 3, 3);
-    const bool query = t == &q || t == &out;
     const std::int64_t heads = query ? q_heads_ : c.kv_heads;
     if (t->shape[0] != n || t->shape[1] != heads || t->shape[2] != c.head_dim)
       throw InvalidArgument(name,
