@@ -64,9 +64,11 @@ Caches build(const Shape& s, const DecodeBenchArgs& a) {
   const double bytes = step_bytes(s, a.head_dim);
   const std::int64_t layers =
       std::clamp<std::int64_t>(std::int64_t(double(a.working_set_mib) * 1048576.0 / bytes) + 1, 1, 256);
-  // A chunk of random tokens, written over and over: values do not change the time.
+  // A chunk of random tokens, written over and over (values do not change the time), V's apart
+  // from K's as in a model.
   const std::int64_t chunk = 256, row = s.hkv * a.head_dim;
-  const std::vector<float> rnd = check::normal_vector(std::size_t(s.batch * chunk * row), 7);
+  const std::vector<float> rnd_k = check::normal_vector(std::size_t(s.batch * chunk * row), 7),
+                           rnd_v = check::normal_vector(std::size_t(s.batch * chunk * row), 8);
   for (std::int64_t l = 0; l < layers; ++l) {
     auto cache = std::make_unique<KvCache>(config);
     c.seqs.clear();
@@ -75,11 +77,11 @@ Caches build(const Shape& s, const DecodeBenchArgs& a) {
     for (std::int64_t t0 = 0; t0 < s.context; t0 += chunk) {
       const std::int64_t n = std::min(chunk, s.context - t0);
       const std::vector<std::int32_t> pos(std::size_t(s.batch), std::int32_t(t0));
-      const Tensor src =
-          Tensor::contiguous(const_cast<float*>(rnd.data()), DType::f32, {s.batch, n, s.hkv, a.head_dim});
-      Tensor strided = src;
-      strided.strides = {chunk * row, row, a.head_dim, 1};
-      cache->write(c.seqs, pos, strided, strided);
+      Tensor k = Tensor::contiguous(const_cast<float*>(rnd_k.data()), DType::f32, {s.batch, n, s.hkv, a.head_dim});
+      k.strides = {chunk * row, row, a.head_dim, 1};
+      Tensor v = k;
+      v.data = const_cast<float*>(rnd_v.data());
+      cache->write(c.seqs, pos, k, v);
     }
     c.layers.push_back(std::move(cache));
   }
