@@ -1,6 +1,8 @@
 #include "runtime/thread_pool.h"
 
+#include <chrono>
 #include <memory>
+#include <thread>
 
 #include "mha/errors.h"
 #include "mha/runtime.h"
@@ -9,7 +11,31 @@ namespace mha::detail {
 
 namespace {
 thread_local bool t_inside_body = false;
+
+constexpr double kSpinMicros = 200;
+
+void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
 }
+
+// Polls `done` for up to kSpinMicros; whether it came true.
+template <class Pred>
+bool spin_until(const Pred& done) {
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count() > kSpinMicros)
+      return done();
+  }
+}
+}  // namespace
 
 ThreadPool::ThreadPool(int threads) {
   if (threads < 1) threads = 1;
@@ -20,7 +46,7 @@ ThreadPool::ThreadPool(int threads) {
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard lock(mutex_);
-    stop_ = true;
+    stop_.store(true, std::memory_order_release);
   }
   wake_.notify_all();
   for (auto& t : workers_) t.join();
@@ -44,17 +70,23 @@ void ThreadPool::drain() {
 
 void ThreadPool::worker_loop() {
   std::uint64_t seen = 0;
+  const auto called = [&] {
+    return stop_.load(std::memory_order_acquire) || generation_.load(std::memory_order_acquire) != seen;
+  };
   for (;;) {
-    {
+    if (!spin_until(called)) {
       std::unique_lock lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
+      wake_.wait(lock, called);
+    }
+    {
+      std::lock_guard lock(mutex_);  // the loop's body_ and count_ were set under it
+      if (stop_.load(std::memory_order_relaxed)) return;
+      seen = generation_.load(std::memory_order_relaxed);
     }
     drain();
-    {
-      std::lock_guard lock(mutex_);
-      if (--busy_ == 0) done_.notify_one();
+    if (busy_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard lock(mutex_);  // a caller that went to sleep checks busy_ under it
+      done_.notify_one();
     }
   }
 }
@@ -72,15 +104,17 @@ void ThreadPool::parallel_for(std::int64_t n, const Body& body) {
     count_ = n;
     next_.store(0, std::memory_order_relaxed);
     error_ = nullptr;
-    busy_ = int(workers_.size());
-    ++generation_;
+    busy_.store(int(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
   }
   wake_.notify_all();
   drain();
+  const auto finished = [&] { return busy_.load(std::memory_order_acquire) == 0; };
   std::exception_ptr error;
+  const bool spun = spin_until(finished);
   {
     std::unique_lock lock(mutex_);
-    done_.wait(lock, [&] { return busy_ == 0; });
+    if (!spun) done_.wait(lock, finished);
     body_ = nullptr;
     error = error_;
   }

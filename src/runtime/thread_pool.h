@@ -1,5 +1,11 @@
 // A fixed set of worker threads running one data-parallel loop at a time.
 //
+// Threads spin a little before they sleep: a worker that has finished its items watches for the
+// next loop for kSpinMicros, and the caller watches for the workers to finish as long, before
+// either blocks on a condition variable. Waking a sleeping thread took 40-50 µs on a 2-vCPU cloud
+// guest (a parallel_for of two 300 µs items: 345 µs median), which is a tenth of a decoding step;
+// back-to-back calls (decoding steps, a layer's kernels) now find the workers awake.
+//
 // Determinism does not come from the pool: callers give every item its own output and never
 // combine across items in thread order. The pool only decides which thread runs an item.
 #pragma once
@@ -55,9 +61,10 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  std::uint64_t generation_ = 0;
-  int busy_ = 0;
-  bool stop_ = false;
+  // Written under mutex_; atomic so that spinning threads can watch them without it.
+  std::atomic<std::uint64_t> generation_{0};
+  std::atomic<int> busy_{0};
+  std::atomic<bool> stop_{false};
 
   const Body* body_ = nullptr;
   std::int64_t count_ = 0;
