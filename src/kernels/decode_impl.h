@@ -895,6 +895,36 @@ void token_rows(const DecodeParams& p, const std::int32_t* table, std::int64_t t
   }
 }
 
+// Whether the next tile is asked for as two spans in address order (K's during the scores, V's
+// during P·V) instead of head by head (essay): where a step is short of compute per byte, bf16
+// groups of up to 4 rows and int8 single rows (one Zen 4 thread pair, side by side, context 4096:
+// 32/8 bf16 698 -> 583-625 µs, 32/32 1965 -> 1837, 32/16 1079 -> 1023, 32/32 int8 1410 -> 1252),
+// not where it has more (32/8 int8 447 -> 499-508, 32/4 and 32/1 bf16 4-13 % slower; f32 and f16
+// are widened, and f16 32/8 lost 11 %).
+template <int DT>
+bool span_prefetch(std::int64_t R) {
+  if constexpr (kIntDot<DT>) return R == 1;
+  if constexpr (kDot<DT>) return R <= 4;
+  return false;
+}
+
+// A tile as one span: the 64-byte lines from the one holding `first` to the end of n rows, when
+// the rows follow one another and hold just the item's heads (a cache row of every head, or one
+// head's rows in [B, H, S, D]); 0 otherwise.
+std::size_t span_lines(const std::uint8_t* first, const std::int64_t* rows, std::int64_t n, std::int64_t heads,
+                       std::size_t row_bytes, std::size_t hs, std::size_t hb) {
+  if (n <= 0 || std::size_t(heads) * hb != row_bytes || (heads > 1 && hs != hb)) return 0;
+  for (std::int64_t t = 1; t < n; ++t)
+    if (rows[t] != rows[0] + t) return 0;
+  return (reinterpret_cast<std::uintptr_t>(first) % 64 + std::size_t(n) * row_bytes + 63) / 64;
+}
+
+// Asks for lines [from, to) of the span starting at the line of `first`, into L2.
+inline void prefetch_lines(const std::uint8_t* first, std::size_t from, std::size_t to) {
+  const std::uint8_t* line = first - reinterpret_cast<std::uintptr_t>(first) % 64;
+  for (std::size_t l = from; l < to; ++l) __builtin_prefetch(line + l * 64, 0, 2);
+}
+
 // Asks for bytes [0, n) of row, a 64-byte line at a time, four lines per loop step: the L1 prefetch
 // loops had cost more instructions than the prefetches themselves (one Zen 4 thread, 32/8 in L2:
 // 3 % of a step). Not for the next tile's L2 prefetches, which must stay spread out (run_chunk).
@@ -999,7 +1029,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   float* vscale_t = kscale_t + T * ldsc;
 #endif
   // Non-f32 V rows read by more than one row block are staged as f32 (widen_row), else as they are.
-  const bool widen_v = kWidened<DT> && R > RB;
+  const bool widen_v = kWidened<DT> && R > RB, span = span_prefetch<DT>(R);
   const std::uint8_t *knext[T], *vnext[T];
   std::int64_t next_rows[T];
   for (std::int64_t t0 = it.t0; t0 < it.t1; t0 += T) {
@@ -1014,7 +1044,15 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       h_next = std::min(H, n.g1 - n.g0);
       token_rows(p, p.tables + std::int64_t(p.seqs[n.b]) * p.blocks_per_seq, n.t0, nt_next, row_bytes, n.g0 * hs,
                  knext, vnext, next_rows);
+    } else {
+      nt_next = 0;
     }
+    // The next tile's K lines spread over this tile's score units (4 keys × head), its V lines over
+    // the heads' P·V; else head by head with the scores (below).
+    const std::size_t klines =
+                          span && nt_next > 0 ? span_lines(knext[0], next_rows, nt_next, h_next, row_bytes, hs, hb) : 0,
+                      vlines = klines > 0 ? span_lines(vnext[0], next_rows, nt_next, h_next, row_bytes, hs, hb) : 0,
+                      kper = (klines + (nt + 3) / 4 * H - 1) / ((nt + 3) / 4 * H), vper = (vlines + H - 1) / H;
 #if defined(__AVX512BF16__)
     if constexpr (kIntDot<DT>) {  // softmax_lanes' [T][ldsc] scales: a row's heads are side by side
       for (std::int64_t t = 0; t < T; ++t)
@@ -1039,11 +1077,16 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         // (essay); spread over the heads so that a few misses are asked for at a time. Issued four
         // lines per loop step (prefetch_bytes), 32/8 bf16 steps took 25-35 % longer, and asking for
         // every other line (the adjacent-line prefetcher left to fetch the rest) 30 % longer.
-        for (std::int64_t i = t; i < (g < h_next ? std::min(t + 4, nt_next) : 0); ++i)
-          for (std::size_t b = g * hs; b < g * hs + hb; b += 64) {
-            __builtin_prefetch(knext[i] + b, 0, 2);
-            if constexpr (kPrefetchNextV) __builtin_prefetch(vnext[i] + b, 0, 2);
-          }
+        if (klines > 0) {
+          const std::size_t u = std::size_t(t / 4 * H + g);
+          prefetch_lines(knext[0], u * kper, std::min((u + 1) * kper, klines));
+        } else {
+          for (std::int64_t i = t; i < (g < h_next ? std::min(t + 4, nt_next) : 0); ++i)
+            for (std::size_t b = g * hs; b < g * hs + hb; b += 64) {
+              __builtin_prefetch(knext[i] + b, 0, 2);
+              if constexpr (kPrefetchNextV) __builtin_prefetch(vnext[i] + b, 0, 2);
+            }
+        }
         for (std::int64_t i = t + 4; i < std::min(t + 8, nt); ++i) prefetch_bytes<3>(kbase[i] + g * hs, hb);
         Scratch w = all;
         w.q = all.q + g * R * ld;
@@ -1162,6 +1205,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
 #endif
     }
     for (std::int64_t g = 0; g < H; ++g) {
+      if (vlines > 0) prefetch_lines(vnext[0], std::size_t(g) * vper, std::min(std::size_t(g + 1) * vper, vlines));
       Scratch w = all;
       w.s = all.s + g * R * T;
       w.pb = all.pb + g * R * (T / 2);
