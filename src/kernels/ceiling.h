@@ -40,8 +40,7 @@ double measure_ceiling_gflops(Isa isa, PeakKind kind, double seconds = 0.1);
 // buffer of `bytes` (default 512 MiB, far beyond any L3 here) with the ISA's widest loads, front to
 // back and as 8 prefetched streams; the best of `runs` passes of each. The ceiling of memory-bound
 // kernels such as decoding. On a 2-core Zen 4, one stream read 35-48 GB/s and 8 streams 60-64 in
-// the same runs: decoding, which reads 2 streams and prefetches a tile ahead, had measured above the
-// one-stream "ceiling".
+// the same runs, and both ~35 in the host's slow minutes.
 double measure_read_bandwidth_gbps(Isa isa, std::size_t bytes = std::size_t(512) << 20, int runs = 5);
 
 // The same read over given memory (each thread its share of every region, 64-byte aligned): a

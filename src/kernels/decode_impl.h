@@ -51,13 +51,18 @@
 // On Zen 3 (AVX2, 2 threads, side by side) V is better left to the hardware, which follows the
 // row-order staging copy: without V's prefetches 32/8 bf16 ran 3-8 % faster (context 4096 batch 1
 // and 8, 32768), the other rows within the host's noise (32/32, 32/1, int8: 0.90-1.09 both ways).
-// Zen 4 again, against the ceiling read on the caches' own pages (bench decode): 32/32 bf16 reads
-// at 75-80 % of it, 32/8 bf16 at about 60 %. One thread with 32/8's cache in L2 runs at 28 GB/s
-// (65 cycles per key and head, for 32 vdpbf16ps), from memory the two threads read 35 GB/s of the
-// caches' ~60: time is near the sum of the two, not their maximum. A model of this access pattern
-// (prefetches a tile ahead, and FMA work in place of the math) behaves the same, and none of these
-// changed that: prefetching two tiles ahead, in address order, spread through the math, V's during
-// P·V, every other line (30 % slower), four lines per loop step (25-35 % slower), with t0 or nta.
+// Every figure above (Zen 3 and 4) was measured with V unwritten: until 0dd8b80 the benchmarks
+// passed one tensor as K and V and KvCache.write then wrote K twice, so V read the zero page and
+// steps moved half their bytes. Measured again (2 threads, context 4096, 32/8 bf16): 790 µs where
+// the bench had said 480, of which 90 were two thread wake-ups per step (the pool now spins first).
+// The per-head prefetch kept its order: 960 µs without it, 834 without V's, 823 two tiles ahead.
+// Asking for the next tile as two spans in address order instead (span_prefetch: K's lines spread
+// over the score units, V's over the heads' P·V) went 698 -> 583-625 µs where a step is short of
+// compute per byte; where it has more (int8 32/8, 32/4, 32/1) the per-head order stays 4-13 %
+// faster. Now the step reads 28-29 GB/s of cache, whose own pages read at 35 (the host's slow
+// minutes) to 66 GB/s, and runs at 55 GB/s with the cache in L3: time is near the sum of compute
+// and memory, not their maximum. Staging V in row order, for the hardware prefetcher, was slower
+// (1048 µs).
 // MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
 // keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
 // chains kept the two FMA pipes a quarter to half busy. One row takes 8 keys per score step and 8 O
