@@ -29,6 +29,18 @@ def test_decode_engine_equals_attention_over_the_prompt_and_steps():
     assert engine.active == [] and engine.cache.free_blocks == free + 3
 
 
+def test_one_array_as_k_and_v_fills_both_caches():
+    # K = V given as one array: the C++ write once told k from v by address and left V unwritten.
+    x = np.arange(5 * 2 * 8, dtype=np.float32).reshape(5, 2, 8) % 7 - 3
+    for dtype in ("f32", "bf16", "int8"):
+        cache = mha.KvCache(kv_heads=2, head_dim=8, dtype=dtype, max_seqs=1, max_seq_len=8)
+        seq = cache.add_sequence()
+        cache.fill(seq, x, x)
+        rk, rv = cache.read(seq)
+        np.testing.assert_allclose(rk, x, atol=0.03)
+        np.testing.assert_allclose(rv, x, atol=0.03)
+
+
 def test_multi_head_attention_fast_equals_naive_and_keeps_torch():
     layer = mha.MultiHeadAttention(hidden=128, heads=4, seed=1)
     rng = np.random.default_rng(4)
