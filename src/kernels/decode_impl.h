@@ -913,16 +913,15 @@ void token_rows(const DecodeParams& p, const std::int32_t* table, std::int64_t t
 }
 
 // Whether the next tile is asked for as two spans in address order (K's during the scores, V's
-// during P·V) instead of head by head (essay): where a step is short of compute per byte, bf16
-// groups of up to 4 rows and int8 single rows (one Zen 4 thread pair, side by side, context 4096:
-// 32/8 bf16 698 -> 583-625 µs, 32/32 1965 -> 1837, 32/16 1079 -> 1023, 32/32 int8 1410 -> 1252),
-// not where it has more (32/8 int8 447 -> 499-508, 32/4 and 32/1 bf16 4-13 % slower; f32 and f16
-// are widened, and f16 32/8 lost 11 %).
+// inside P·V) instead of head by head (essay): for the dot-product kernels' groups of at most RB
+// rows, whose P·V reads V in place (pv_dot_rows, which asks for the V span). One Zen 4 thread
+// pair, side by side, context 4096: 32/8 bf16 698 -> 547 µs, 32/32 bf16 1965 -> 1837, int8 32/8
+// 486 -> 443, batch 8 3447 -> 2923, 32/16 770 -> 636. Larger groups keep the per-head order:
+// 32/4 bf16 with spans (and V left to the hardware) took 518 µs against 426, and f32 and f16 are
+// widened (f16 32/8 lost 11 % to spans).
 template <int DT>
 bool span_prefetch(std::int64_t R) {
-  if constexpr (kIntDot<DT>) return R == 1;
-  if constexpr (kDot<DT>) return R <= 4;
-  return false;
+  return kDot<DT> && R <= RB;
 }
 
 // A tile as one span: the 64-byte lines from the one holding `first` to the end of n rows, when
