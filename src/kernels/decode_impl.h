@@ -57,12 +57,12 @@
 // the bench had said 480, of which 90 were two thread wake-ups per step (the pool now spins first).
 // The per-head prefetch kept its order: 960 µs without it, 834 without V's, 823 two tiles ahead.
 // Asking for the next tile as two spans in address order instead (span_prefetch: K's lines spread
-// over the score units, V's over the heads' P·V) went 698 -> 583-625 µs where a step is short of
-// compute per byte; where it has more (int8 32/8, 32/4, 32/1) the per-head order stays 4-13 %
-// faster. Now the step reads 28-29 GB/s of cache, whose own pages read at 35 (the host's slow
-// minutes) to 66 GB/s, and runs at 55 GB/s with the cache in L3: time is near the sum of compute
-// and memory, not their maximum. Staging V in row order, for the hardware prefetcher, was slower
-// (1048 µs).
+// over the score units, V's from inside each head's P·V, SpreadPrefetch) went 698 -> 547 µs for
+// groups of at most 4 rows (int8 32/8 486 -> 443); in one burst before P·V, V's span was 8-12 %
+// slower, and larger groups keep the per-head order (32/4 bf16 with spans: 518 µs against 426). Now
+// the step reads ~31 GB/s of cache, whose own pages read at 35 (the host's slow minutes) to 66
+// GB/s, and runs at 55-60 GB/s with the cache in L3: time is near the sum of compute and memory,
+// not their maximum. Staging V in row order, for the hardware prefetcher, was slower (1048 µs).
 // MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
 // keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
 // chains kept the two FMA pipes a quarter to half busy. One row takes 8 keys per score step and 8 O
