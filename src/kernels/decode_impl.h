@@ -327,8 +327,9 @@ template <int DT>
 using DotAcc = typename DotAccOf<DT>::type;
 inline __m512 dot_pairs(__m512 acc, __m512i a, __m512i b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
 // vpdpwssd written out: GCC 12 wraps _mm512_dpwssd_epi32 in two register copies per accumulator
-// (in and out of a scratch register: 576 zmm register moves in the library against 344), and int8 steps
-// without them ran 3-6 % faster side by side on Zen 4 (32/8 and 32/1, from L3 and from memory).
+// (in and out of a scratch register: 576 zmm register moves in the library against 344), and
+// int8 steps without them ran 3-6 % faster side by side on Zen 4 (32/8 and 32/1, from L3 and
+// from memory).
 inline __m512i dot_pairs(__m512i acc, __m512i a, __m512i b) {
   asm("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
   return acc;
