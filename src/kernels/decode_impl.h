@@ -222,18 +222,19 @@ template <int DT>
 constexpr bool kWidened = !kDot<DT> && !kMadd<DT> && (DT == kI8 || DT == kF16);
 
 struct Scratch {
-  float* q;           // [R][ld]
-  std::uint16_t* qb;  // [R][ld] q rounded to bf16 (kDot) or as int16 (kIntQ), zero past d
-  std::uint16_t* qp;  // qb as row pairs (pack_row_pairs), in q's place (kDot groups under 16 rows)
-  float* s;           // [R][T] scores, then probabilities (times the V scale for int8)
-  std::uint32_t* pb;  // P as bf16 (kDot) or int16 (kIntQ) pairs: [R][T/2], or [T/2][R] (pb_pair_stride R)
-  float* o;           // [R][ld]
-  float* m;           // [R] running max
-  float* l;           // [R] running sum
-  float* alpha;       // [R] this tile's rescale of O
-  float* qscale;      // [R] int8 cache: q = qscale · the int16 row in qb
-  float* pscale;      // [R] int8 cache: this tile's P = pscale · the int16 pairs in pb
-  std::int64_t ld;    // row stride of q, qb and o
+  float* q = nullptr;            // [R][ld]
+  std::uint16_t* qb = nullptr;   // [R][ld] q rounded to bf16 (kDot) or as int16 (kIntQ), zero past d
+  std::uint16_t* qp = nullptr;   // qb as row pairs (pack_row_pairs), in q's place (kDot groups under 16 rows)
+  float* s = nullptr;            // [R][T] scores, then probabilities (times the V scale for int8)
+  // P as bf16 (kDot) or int16 (kIntQ) pairs: [R][T/2], or [T/2][R] (pb_pair_stride R)
+  std::uint32_t* pb = nullptr;
+  float* o = nullptr;            // [R][ld]
+  float* m = nullptr;            // [R] running max
+  float* l = nullptr;            // [R] running sum
+  float* alpha = nullptr;        // [R] this tile's rescale of O
+  float* qscale = nullptr;       // [R] int8 cache: q = qscale · the int16 row in qb
+  float* pscale = nullptr;       // [R] int8 cache: this tile's P = pscale · the int16 pairs in pb
+  std::int64_t ld = 0;           // row stride of q, qb and o
   std::int64_t pb_row_stride = T / 2, pb_pair_stride = 1;
 };
 
@@ -1023,9 +1024,11 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
   std::fill(all.o, all.o + HR * ld, 0.f);
   // Groups of 16 rows or more: rows as lanes (score_rows), Qᵀ pairs in the f32 q rows' place.
   [[maybe_unused]] const bool lanes = kDot<DT> && R % 16 == 0;
+  // Set on every ISA, though only AVX-512 BF16 reads it: the per-head offsets below are taken
+  // from it, and an unset pointer plus an offset is undefined (UBSan, on AVX2 hosts).
+  all.qp = reinterpret_cast<std::uint16_t*>(all.q);
 #if defined(__AVX512BF16__)
   auto* qt = reinterpret_cast<std::uint32_t*>(all.q);
-  all.qp = reinterpret_cast<std::uint16_t*>(all.q);
   if (lanes)
     for (std::int64_t g = 0; g < H; ++g) pack_rows_q(all.qb + g * R * ld, R, ld, qt + g * R * ld / 2);
   else if (kDot<DT> && R >= 4)
