@@ -1,13 +1,17 @@
 # ctest driver: install the build tree into a scratch prefix, then configure, build and run a
 # consumer project that uses find_package(mha). Variables: BUILD_DIR, SOURCE_DIR, WORK_DIR,
-# LINK_FLAGS (extra consumer link flags, e.g. a sanitizer runtime).
+# LINK_FLAGS (extra consumer link flags, e.g. a sanitizer runtime), WITH_CLI (bin/mha was built).
 file(REMOVE_RECURSE ${WORK_DIR})
 execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${WORK_DIR}/prefix
                 RESULT_VARIABLE rc OUTPUT_QUIET)
 if(NOT rc EQUAL 0)
   message(FATAL_ERROR "cmake --install failed: ${rc}")
 endif()
-foreach(f bin/mha include/mha/attention.h lib/cmake/mha/mhaConfig.cmake)
+set(expected include/mha/attention.h lib/cmake/mha/mhaConfig.cmake)
+if(WITH_CLI)
+  list(APPEND expected bin/mha)
+endif()
+foreach(f ${expected})
   if(NOT EXISTS ${WORK_DIR}/prefix/${f})
     message(FATAL_ERROR "not installed: ${f}")
   endif()
