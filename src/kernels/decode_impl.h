@@ -63,6 +63,16 @@
 // the step reads ~31 GB/s of cache, whose own pages read at 35 (the host's slow minutes) to 66
 // GB/s, and runs at 55-60 GB/s with the cache in L3: time is near the sum of compute and memory,
 // not their maximum. Staging V in row order, for the hardware prefetcher, was slower (1048 µs).
+// The Zen 3 finding that V is better left to the hardware dates from the half-traffic benchmarks
+// (V on the zero page). With V written, on a Zen 1 (AVX2, 2 threads), the copy that stages V
+// waited on it: a fifth of a 32/8 bf16 step's samples. Spans on AVX2 too (span_prefetch), minimum
+// of 3 side by side, context 4096 batch 1 unless said, old -> new µs: 32/8 bf16 2133 -> 2039,
+// int8 1997 -> 1790, f32 2999 -> 2621; 32/16 bf16 2884 -> 2584; 32/32 int8 4005 -> 3284; batch 8
+// 32/8 bf16 16742 -> 16015, int8 19892 -> 14284; context 32768 32/8 int8 16791 -> 15165 (bf16,
+// 32/32 bf16 and paged within 2-5 %). Per-head V prefetches instead helped int8 by as much and
+// cost bf16 10 %. In L3 (context 512) a 32/8 bf16 step runs at 41 % of the FMA peak: P·V and the
+// scores take a third of it each and each runs at ~60 % of the FMA rate, its loop issuing about
+// two instructions per FMA where Zen 1 splits each 256-bit one in two.
 // MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
 // keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
 // chains kept the two FMA pipes a quarter to half busy. One row takes 8 keys per score step and 8 O
@@ -768,7 +778,7 @@ inline void unpermute_row(const float* o, std::int64_t d, float* out) {
 // O[r] = O[r]·alpha[r] + Σ_t p[r][t]·v_t for rows [r0, r0 + rb), VP vector pairs of columns at a time.
 template <int DT, int rb, int VP>
 std::int64_t pv_columns(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt,
-                        std::int64_t e) {
+                        std::int64_t e, const SpreadPrefetch& pf, std::size_t& step) {
   const std::int64_t ld = w.ld;
   for (; e + 2 * N * VP <= d; e += 2 * N * VP) {
     Vec::T o[rb][2 * VP];
@@ -779,6 +789,7 @@ std::int64_t pv_columns(const Scratch& w, std::int64_t d, std::int64_t r0, const
       for (int c = 0; c < 2 * VP; ++c) o[r][c] = Vec::mul(Vec::load(w.o + (r0 + r) * ld + e + c * N), a);
     }
     for (std::int64_t t = 0; t < nt; ++t) {
+      pf.step(step++);
       Vec::T v[2 * VP];
 #pragma GCC unroll 4
       for (int c = 0; c < VP; ++c) load_pair<DT>(vrow[t], e + 2 * N * c, v[2 * c], v[2 * c + 1]);
@@ -802,12 +813,18 @@ std::int64_t pv_columns(const Scratch& w, std::int64_t d, std::int64_t r0, const
 // pipes busy. A single row (MHA, one query) with 2 had run at a quarter of the FMA rate. The sums are
 // the same, bit for bit.
 template <int DT, int rb>
-void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt) {
+void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt,
+              SpreadPrefetch pf = {}) {
   const std::int64_t ld = w.ld;
   std::int64_t e = 0;
-  if constexpr (rb == 1) e = pv_columns<DT, rb, 4>(w, d, r0, vrow, nt, e);
-  if constexpr (rb == 2) e = pv_columns<DT, rb, 2>(w, d, r0, vrow, nt, e);
-  e = pv_columns<DT, rb, 1>(w, d, r0, vrow, nt, e);
+  // pf: the next tile's V lines, spread over the first pv_columns pass's (column block, key) steps.
+  constexpr int VP = rb == 1 ? 4 : rb == 2 ? 2 : 1;
+  const std::size_t steps = std::size_t(std::max<std::int64_t>(d / (2 * N * VP), 1) * nt);
+  pf.per = (pf.lines + steps - 1) / steps;
+  std::size_t step = 0;
+  if constexpr (rb == 1) e = pv_columns<DT, rb, 4>(w, d, r0, vrow, nt, e, pf, step);
+  if constexpr (rb == 2) e = pv_columns<DT, rb, 2>(w, d, r0, vrow, nt, e, pf, step);
+  e = pv_columns<DT, rb, 1>(w, d, r0, vrow, nt, e, pf, step);
   for (; e < d; ++e) {  // the rest, one element at a time
     for (int r = 0; r < rb; ++r) {
       float acc = w.o[(r0 + r) * ld + e] * w.alpha[r0 + r];
@@ -927,9 +944,13 @@ void token_rows(const DecodeParams& p, const std::int32_t* table, std::int64_t t
 // 486 -> 443, batch 8 3447 -> 2923, 32/16 770 -> 636. Larger groups keep the per-head order:
 // 32/4 bf16 with spans (and V left to the hardware) took 518 µs against 426, and f32 and f16 are
 // widened (f16 32/8 lost 11 % to spans).
+// AVX2 groups of at most RB rows (f32, bf16, int8) take spans too, V's spread over the P·V steps
+// (pv_block, pv_madd), where before V was left to the hardware and the staging copy waited on it
+// (a fifth of a 32/8 bf16 step's samples on Zen 1). One Zen 1 thread pair, context 4096, medians
+// side by side: essay.
 template <int DT>
 bool span_prefetch(std::int64_t R) {
-  return kDot<DT> && R <= RB;
+  return (kDot<DT> || (N == 8 && !kWidened<DT>)) && R <= RB;
 }
 
 // A tile as one span: the 64-byte lines from the one holding `first` to the end of n rows, when
@@ -1273,8 +1294,9 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
 #if defined(MHA_DECODE_MADD)
       if constexpr (kMadd<DT>) {
         const auto* stage = reinterpret_cast<const std::int8_t*>(stage_v) + g * (T / 2) * ld * 2;
-        for_row_blocks<RB>(
-            R, [&](std::int64_t r0, auto rb) { pv_madd<decltype(rb)::value>(w, d, r0, stage, (nt + 1) / 2); });
+        for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
+          pv_madd<decltype(rb)::value>(w, d, r0, stage, (nt + 1) / 2, r0 == 0 ? pf : SpreadPrefetch{});
+        });
         continue;
       }
 #endif
@@ -1285,8 +1307,9 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         continue;
       }
       for (std::int64_t t = 0; t < nt; ++t) vrow[t] = H > 1 ? stage_v + std::size_t(g * T + t) * hb : vbase[t];
-      for_row_blocks<RB>(
-          R, [&](std::int64_t r0, auto rb) { pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt); });
+      for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
+        pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt, r0 == 0 ? pf : SpreadPrefetch{});
+      });
     }
   }
   for (std::int64_t r = 0; r < HR; ++r) {

@@ -161,15 +161,19 @@ inline void stage_pair_i8(const void* a, const void* b, std::int64_t d, std::int
 
 // O[r] = O[r]·alpha[r] + pscale[r] · Σ_pairs (p pair)·(v pair) for rows [r0, r0 + rb), over `pairs`
 // staged key pairs (stage_pair_i8, ld·2 bytes apart): 2·rb int32 accumulators per 16 columns.
+// pf: the next tile's V lines, spread over the (column chunk, pair) steps.
 template <int rb>
 void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_t* stage,
-             std::int64_t pairs) {
+             std::int64_t pairs, SpreadPrefetch pf = {}) {
   const std::int64_t ld = w.ld, dq = madd_width(d);
+  const std::size_t steps = std::size_t(std::max<std::int64_t>(dq / 16 * pairs, 1));
+  pf.per = (pf.lines + steps - 1) / steps;
   for (std::int64_t e = 0; e < dq; e += 16) {
     __m256i lo[rb], hi[rb];
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
     for (std::int64_t tp = 0; tp < pairs; ++tp) {
+      pf.step(std::size_t(e / 16 * pairs + tp));
       const std::int8_t* vs = stage + (tp * ld + e) * 2;
       const __m256i vlo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vs)));
       const __m256i vhi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vs + 16)));
