@@ -264,12 +264,16 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
   for (std::int64_t e = 0; e < dv2; e += 2 * N) {
     // The rows' q, then one key at a time: 4·rb accumulators, 2·rb q and one key's 2 vectors
     // (15 of AVX2's 16 registers at rb = 2; all 4 keys' vectors at once spilled the accumulators).
+    // On AVX-512 one load feeds the 4 keys (GCC would fold it into each FMA). On AVX2 the same
+    // barrier made GCC 12 store the q vectors to the stack on every step, and letting it fold the
+    // loads was faster on a Zen 1 (2 threads, context 4096, medians side by side: 32/8 bf16 2124
+    // -> 1933 µs, 32/1 1686 -> 1601, 32/32 5581 -> 5223).
     Vec::T q0[rb], q1[rb];
 #pragma GCC unroll 4
     for (int r = 0; r < rb; ++r) {
       q0[r] = Vec::load(w.q + (r0 + r) * ld + e);
       q1[r] = Vec::load(w.q + (r0 + r) * ld + e + N);
-      __asm__("" : "+x"(q0[r]), "+x"(q1[r]));  // one load feeds the 4 keys (GCC would fold it into each FMA)
+      if constexpr (N == 16) __asm__("" : "+x"(q0[r]), "+x"(q1[r]));
     }
 #pragma GCC unroll 8
     for (int i = 0; i < KQ; ++i) {
