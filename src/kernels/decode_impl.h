@@ -115,6 +115,8 @@ constexpr bool kPrefetchNextV = N != 8;
 struct SpreadPrefetch {
   const std::uint8_t* line = nullptr;  // 64-byte aligned
   std::size_t lines = 0, per = 0;
+  // Shares for a loop of `steps` (at least 1) steps, set by the loop that asks for them.
+  void spread_over(std::size_t steps) { per = (lines + steps - 1) / steps; }
   void step(std::size_t i) const {
     for (std::size_t l = i * per; l < std::min((i + 1) * per, lines); ++l) __builtin_prefetch(line + l * 64, 0, 2);
   }
@@ -820,15 +822,12 @@ template <int DT, int rb>
 void pv_block(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* vrow, std::int64_t nt,
               SpreadPrefetch pf = {}) {
   const std::int64_t ld = w.ld;
-  std::int64_t e = 0;
-  // pf: the next tile's V lines, spread over the first pv_columns pass's (column block, key) steps.
   constexpr int VP = rb == 1 ? 4 : rb == 2 ? 2 : 1;
-  const std::size_t steps = std::size_t(std::max<std::int64_t>(d / (2 * N * VP), 1) * nt);
-  pf.per = (pf.lines + steps - 1) / steps;
+  // pf: the next tile's V lines, spread over the first pv_columns pass's (column block, key) steps.
+  pf.spread_over(std::size_t(std::max<std::int64_t>(d / (2 * N * VP), 1) * nt));
   std::size_t step = 0;
-  if constexpr (rb == 1) e = pv_columns<DT, rb, 4>(w, d, r0, vrow, nt, e, pf, step);
-  if constexpr (rb == 2) e = pv_columns<DT, rb, 2>(w, d, r0, vrow, nt, e, pf, step);
-  e = pv_columns<DT, rb, 1>(w, d, r0, vrow, nt, e, pf, step);
+  std::int64_t e = pv_columns<DT, rb, VP>(w, d, r0, vrow, nt, 0, pf, step);
+  if constexpr (VP > 1) e = pv_columns<DT, rb, 1>(w, d, r0, vrow, nt, e, pf, step);
   for (; e < d; ++e) {  // the rest, one element at a time
     for (int r = 0; r < rb; ++r) {
       float acc = w.o[(r0 + r) * ld + e] * w.alpha[r0 + r];
@@ -1261,8 +1260,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
       SpreadPrefetch pf;
       if (vlines > 0) {
         const std::size_t from = std::min(std::size_t(g) * vper, vlines), to = std::min(from + vper, vlines);
-        pf = {vnext[0] - reinterpret_cast<std::uintptr_t>(vnext[0]) % 64 + from * 64, to - from,
-              (to - from + std::size_t(ld / 32 * ((nt + 1) / 2)) - 1) / std::size_t(ld / 32 * ((nt + 1) / 2))};
+        pf = {vnext[0] - reinterpret_cast<std::uintptr_t>(vnext[0]) % 64 + from * 64, to - from};
+        if (kDot<DT>) pf.spread_over(std::size_t(ld / 32 * ((nt + 1) / 2)));  // pv_dot_rows' steps
       }
       Scratch w = all;
       w.s = all.s + g * R * T;

@@ -166,8 +166,7 @@ template <int rb>
 void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_t* stage,
              std::int64_t pairs, SpreadPrefetch pf = {}) {
   const std::int64_t ld = w.ld, dq = madd_width(d);
-  const std::size_t steps = std::size_t(std::max<std::int64_t>(dq / 16 * pairs, 1));
-  pf.per = (pf.lines + steps - 1) / steps;
+  pf.spread_over(std::size_t(std::max<std::int64_t>(dq / 16 * pairs, 1)));
   for (std::int64_t e = 0; e < dq; e += 16) {
     __m256i lo[rb], hi[rb];
 #pragma GCC unroll 4
