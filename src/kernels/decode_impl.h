@@ -73,6 +73,9 @@
 // cost bf16 10 %. In L3 (context 512) a 32/8 bf16 step runs at 41 % of the FMA peak: P·V and the
 // scores take a third of it each and each runs at ~60 % of the FMA rate, its loop issuing about
 // two instructions per FMA where Zen 1 splits each 256-bit one in two.
+// AVX2 groups of 4 rows or more but int8's take their score steps 4 rows × 2 keys per block
+// (score_rows4_keys2: each K chunk widened once for 4 rows, 10 loads per 16 FMAs, not 20):
+// one Zen 1 thread, context 512, 32/1 bf16 349 -> 334 µs, 32/4 390 -> 372, 32/8 450 -> 440.
 // MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
 // keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
 // chains kept the two FMA pipes a quarter to half busy. One row takes 8 keys per score step and 8 O
@@ -307,6 +310,64 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
     for (int i = 0; i < KQ; i += 4) Vec::hsum4(acc[r][i], acc[r][i + 1], acc[r][i + 2], acc[r][i + 3], s + i);
     for (std::int64_t e = dv; e < d; ++e)  // head dims that are not a multiple of the width
       for (int i = 0; i < KQ; ++i) s[i] += w.q[(r0 + r) * ld + e] * load_one<DT>(k[i], e);
+  }
+}
+
+// score_quad's sums for 4 rows [r0, r0 + 4) against 2 keys t, t + 1 (AVX2, groups of 4 rows or
+// more, called twice per 4-key step). Two blocks of 2 rows × 4 keys load and widen each K chunk
+// twice and, short of registers, fold each q load into its FMA: 20 loads and 8 unpacks per 16
+// FMAs, and Zen 1 loads one 256-bit vector per cycle. Here each K chunk is widened once for 4 rows
+// and each q vector feeds 2 FMAs: 10 loads and 4 unpacks per 16 FMAs, in 8 accumulators, 4 K
+// halves and a q (14 of 16 registers). Each (row, key) sum takes the same FMAs in the same order
+// and the same hsum4 tree as in score_quad, so the scores are the same bit for bit.
+template <int DT>
+void score_rows4_keys2(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k,
+                       std::int64_t t) {
+  const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N), ld = w.ld;
+  const float* q = w.q + r0 * ld;
+  Vec::T acc[4][2];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = Vec::zero();
+  for (std::int64_t e = 0; e < dv2; e += 2 * N) {
+    Vec::T a[2], b[2];
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) {
+      load_pair<DT>(k[i], e, a[i], b[i]);
+      __asm__("" : "+x"(a[i]), "+x"(b[i]));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      // In registers: GCC 12 would fold each q load into both of its FMAs (and each K load into
+      // both unpacks), loading twice.
+      Vec::T q0 = Vec::load(q + r * ld + e), q1 = Vec::load(q + r * ld + e + N);
+      __asm__("" : "+x"(q0), "+x"(q1));
+      acc[r][0] = Vec::fmadd(q0, a[0], acc[r][0]);
+      acc[r][1] = Vec::fmadd(q0, a[1], acc[r][1]);
+      acc[r][0] = Vec::fmadd(q1, b[0], acc[r][0]);
+      acc[r][1] = Vec::fmadd(q1, b[1], acc[r][1]);
+    }
+  }
+  for (std::int64_t e = dv2; e < dv; e += N) {
+    const Vec::T a0 = load_vec<DT>(k[0], e), a1 = load_vec<DT>(k[1], e);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const Vec::T qv = Vec::load(q + r * ld + e);
+      acc[r][0] = Vec::fmadd(qv, a0, acc[r][0]);
+      acc[r][1] = Vec::fmadd(qv, a1, acc[r][1]);
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < 4; r += 2) {
+    alignas(16) float x[4];  // rows r and r + 1, keys t and t + 1
+    Vec::hsum4(acc[r][0], acc[r][1], acc[r + 1][0], acc[r + 1][1], x);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; ++h) {
+      float* s = w.s + (r0 + r + h) * T + t;
+      s[0] = x[2 * h];
+      s[1] = x[2 * h + 1];
+      for (std::int64_t e = dv; e < d; ++e)
+        for (int i = 0; i < 2; ++i) s[i] += q[(r + h) * ld + e] * load_one<DT>(k[i], e);
+    }
   }
 }
 
@@ -850,6 +911,20 @@ void for_row_blocks(std::int64_t R, F&& f) {
   if (rest == 1) f(r0, std::integral_constant<int, 1>{});
 }
 
+// Scores of R rows against the 4 keys of a step: on AVX2 in blocks of 4 rows × 2 keys
+// (score_rows4_keys2), the rest in score_quad's blocks.
+template <int DT>
+void score_step(const Scratch& w, std::int64_t R, std::int64_t d, const void* const* k, std::int64_t t) {
+  std::int64_t r4 = 0;
+  if constexpr (N == 8)
+    for (; r4 + 4 <= R; r4 += 4) {
+      score_rows4_keys2<DT>(w, d, r4, k, t);
+      score_rows4_keys2<DT>(w, d, r4, k + 2, t + 2);
+    }
+  for_row_blocks<SRB>(
+      R - r4, [&](std::int64_t r0, auto rb) { score_quad<DT, decltype(rb)::value>(w, d, r4 + r0, k, t); });
+}
+
 // Online softmax over the tile for every row: s becomes p (times the V scale), alpha the rescale.
 // kscale, vscale: [rows / rows_per_group][T], the int8 scales of each group's keys (else 1).
 void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_group, std::int64_t nt,
@@ -1192,20 +1267,21 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
               widen_row<DT>(k[i], d, kf[i]);
               kk[i] = kf[i];
             }
-            for_row_blocks<SRB>(
-                R, [&](std::int64_t r0, auto rb) { score_quad<kF32, decltype(rb)::value>(w, d, r0, kk, t); });
+            score_step<kF32>(w, R, d, kk, t);
             continue;
           }
         if (!kDot<DT> && R == 1) {  // one row: 8 keys at a time (score_quad), on every other step
           if (t % 8 == 0) score_quad<DT, 1, 8>(w, d, 0, k, t);
           continue;
         }
-        for_row_blocks<SRB>(R, [&](std::int64_t r0, auto rb) {
 #if defined(__AVX512BF16__)
-          if constexpr (kDot<DT>) return score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t);
+        if constexpr (kDot<DT>) {
+          for_row_blocks<SRB>(
+              R, [&](std::int64_t r0, auto rb) { score_quad_dot<DT, decltype(rb)::value>(w, d, r0, k, t); });
+          continue;
+        }
 #endif
-          score_quad<DT, decltype(rb)::value>(w, d, r0, k, t);
-        });
+        score_step<DT>(w, R, d, k, t);
       }
     }
 #if defined(__AVX512BF16__)
@@ -1309,7 +1385,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
             R, [&](std::int64_t r0, auto rb) { pv_block<kF32, decltype(rb)::value>(w, d, r0, vrow, nt); });
         continue;
       }
-      for (std::int64_t t = 0; t < nt; ++t) vrow[t] = H > 1 ? stage_v + std::size_t(g * T + t) * hb : vbase[t];
+      for (std::int64_t t = 0; t < nt; ++t)
+        vrow[t] = H > 1 ? stage_v + std::size_t(g * T + t) * hb : vbase[t];
       for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
         pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt, r0 == 0 ? pf : SpreadPrefetch{});
       });
