@@ -73,6 +73,13 @@
 // cost bf16 10 %. In L3 (context 512) a 32/8 bf16 step runs at 41 % of the FMA peak: P·V and the
 // scores take a third of it each and each runs at ~60 % of the FMA rate, its loop issuing about
 // two instructions per FMA where Zen 1 splits each 256-bit one in two.
+// AVX2 span groups read V in place now, as one-head items do: the spans bring the next tile's V
+// into L2, and the copy into [head][token] rows waited on those loads for 17 % of run_chunk's
+// samples (32/8 bf16, one Zen 1 thread). In place, a head's 64 rows alias onto 8 of L1's 64 sets
+// and each column pass reads them from L2, which costs less: Zen 1, medians side by side, context
+// 4096, 2 threads, 32/8 bf16 1850 -> 1720 µs, f32 2400 -> 2200 (minimums), 32/16 bf16 2450 ->
+// 2210, 32/32 bf16 4290 -> 3690, context 32768 32/8 bf16 14800 -> 13700; one thread 3590 -> 3300
+// (int8 stages key pairs and f16 widens: unchanged).
 // AVX2 groups of 4 rows or more but int8's take their score steps 4 rows × 2 keys per block
 // (score_rows4_keys2: each K chunk widened once for 4 rows, 10 loads per 16 FMAs, not 20):
 // one Zen 1 thread, context 512, 32/1 bf16 349 -> 334 µs, 32/4 390 -> 372, 32/8 450 -> 440.
@@ -1306,7 +1313,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
                          stage + (g * (T / 2) + t / 2) * ld * 2);
     } else
 #endif
-    if (widen_v || H > 1) {
+    if (widen_v || (H > 1 && !span)) {  // span groups read V in place (essay)
       for (std::int64_t t = 0; t < nt; ++t)
         for (std::int64_t g = 0; g < H; ++g) {
           if (widen_v)  // f32 [head][token] rows ld apart, converted once for all row blocks
@@ -1386,7 +1393,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
         continue;
       }
       for (std::int64_t t = 0; t < nt; ++t)
-        vrow[t] = H > 1 ? stage_v + std::size_t(g * T + t) * hb : vbase[t];
+        vrow[t] = H > 1 && !span ? stage_v + std::size_t(g * T + t) * hb : vbase[t] + std::size_t(g) * hs;
       for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
         pv_block<DT, decltype(rb)::value>(w, d, r0, vrow, nt, r0 == 0 ? pf : SpreadPrefetch{});
       });
