@@ -930,17 +930,29 @@ void for_row_blocks(std::int64_t R, F&& f) {
 }
 
 // Scores of R rows against the 4 keys of a step: on AVX2 in blocks of 4 rows × 2 keys
-// (score_rows4_keys2), the rest in score_quad's blocks.
+// (score_rows4_keys2; int8 and its widened kI16 rows: score_madd_rows4_keys2), the rest in
+// score_quad's (score_quad_madd's) blocks.
 template <int DT>
 void score_step(const Scratch& w, std::int64_t R, std::int64_t d, const void* const* k, std::int64_t t) {
   std::int64_t r4 = 0;
   if constexpr (N == 8)
-    for (; r4 + 4 <= R; r4 += 4) {
-      score_rows4_keys2<DT>(w, d, r4, k, t);
-      score_rows4_keys2<DT>(w, d, r4, k + 2, t + 2);
-    }
-  for_row_blocks<SRB>(
-      R - r4, [&](std::int64_t r0, auto rb) { score_quad<DT, decltype(rb)::value>(w, d, r4 + r0, k, t); });
+    for (; r4 + 4 <= R; r4 += 4)
+      for (int i = 0; i < 4; i += 2) {
+#if defined(MHA_DECODE_MADD)
+        if constexpr (DT == kI8 || DT == kI16)
+          score_madd_rows4_keys2<DT>(w, d, r4, k + i, t + i);
+        else
+#endif
+          score_rows4_keys2<DT>(w, d, r4, k + i, t + i);
+      }
+  for_row_blocks<SRB>(R - r4, [&](std::int64_t r0, auto rb) {
+#if defined(MHA_DECODE_MADD)
+    if constexpr (DT == kI8 || DT == kI16)
+      score_quad_madd<DT, decltype(rb)::value>(w, d, r4 + r0, k, t);
+    else
+#endif
+      score_quad<DT, decltype(rb)::value>(w, d, r4 + r0, k, t);
+  });
 }
 
 // Online softmax over the tile for every row: s becomes p (times the V scale), alpha the rescale.
@@ -1268,11 +1280,9 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
               widen_row_i16(k[i], d, ld, kw[i]);
               kk[i] = kw[i];
             }
-            for_row_blocks<SRB>(
-                R, [&](std::int64_t r0, auto rb) { score_quad_madd<kI16, decltype(rb)::value>(w, d, r0, kk, t); });
+            score_step<kI16>(w, R, d, kk, t);
           } else {
-            for_row_blocks<SRB>(
-                R, [&](std::int64_t r0, auto rb) { score_quad_madd<kI8, decltype(rb)::value>(w, d, r0, k, t); });
+            score_step<kI8>(w, R, d, k, t);
           }
           continue;
         }
@@ -1316,12 +1326,13 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     } else
 #endif
 #if defined(MHA_DECODE_MADD)
-        if constexpr (kMadd<DT>) {  // V as int8 key pairs, [head][pair][ld·2]
+        if constexpr (kMadd<DT>) {  // V as int8 key pairs, [head][pair][ld·2] (span groups: in place)
       auto* stage = reinterpret_cast<std::int8_t*>(stage_v);
-      for (std::int64_t t = 0; t < nt; t += 2)
-        for (std::int64_t g = 0; g < H; ++g)
-          stage_pair_i8(vbase[t] + g * hs, t + 1 < nt ? vbase[t + 1] + g * hs : nullptr, d,
-                         stage + (g * (T / 2) + t / 2) * ld * 2);
+      if (!span)
+        for (std::int64_t t = 0; t < nt; t += 2)
+          for (std::int64_t g = 0; g < H; ++g)
+            stage_pair_i8(vbase[t] + g * hs, t + 1 < nt ? vbase[t + 1] + g * hs : nullptr, d,
+                          stage + (g * (T / 2) + t / 2) * ld * 2);
     } else
 #endif
     if (widen_v || (H > 1 && !span)) {  // span groups read V in place (essay)
@@ -1390,9 +1401,20 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
 #endif
 #if defined(MHA_DECODE_MADD)
       if constexpr (kMadd<DT>) {
+        if (span) {
+          alignas(16) static const std::int8_t zeros[kMaxHeadDim] = {};
+          for (std::int64_t t = 0; t < nt; ++t) vrow[t] = vbase[t] + g * hs;
+          if (nt % 2 != 0) vrow[nt] = zeros;
+          for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
+            pv_madd<decltype(rb)::value, true>(w, d, r0, nullptr, vrow, (nt + 1) / 2,
+                                               r0 == 0 ? pf : SpreadPrefetch{});
+          });
+          continue;
+        }
         const auto* stage = reinterpret_cast<const std::int8_t*>(stage_v) + g * (T / 2) * ld * 2;
         for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
-          pv_madd<decltype(rb)::value>(w, d, r0, stage, (nt + 1) / 2, r0 == 0 ? pf : SpreadPrefetch{});
+          pv_madd<decltype(rb)::value>(w, d, r0, stage, nullptr, (nt + 1) / 2,
+                                       r0 == 0 ? pf : SpreadPrefetch{});
         });
         continue;
       }

@@ -19,6 +19,12 @@
 // widening it replaces): 32/8 batch 1 1129 -> 783 µs, batch 8 6855 -> 5863, context 32768 batch 1
 // 6503 -> 5669, batch 8 54068 -> 44458; 32/1 batch 8 4921 -> 3633; 32/32 batch 1 2044 -> 1603. Each
 // is now under the bf16 cache's time on the same rows (1163, 7230, 7337, 46362, 4643, 2800).
+// On Zen 1 a 256-bit vpmaddwd takes 2 cycles (measured), so int8 dots at the FMA's rate per
+// multiply-add and its edge is the bytes it does not read. There groups of 4 rows or more score 4
+// rows × 2 keys per block (each K chunk widened once, not twice) and groups of at most 4 rows
+// interleave V pairs from the rows in place instead of staging them, as the f32 path does (essay
+// of decode_impl.h): one Zen 1 thread, context 4096, 32/8, medians side by side, 3430 -> 3350 ->
+// 3200 µs; 2 threads 1720 -> 1620, where bf16 takes 1650.
 //
 // Nothing past a row's d elements is read (the tail chunk is copied into a zeroed buffer), and the
 // lanes past d are zero in q, the staged V and therefore in O.
@@ -130,6 +136,36 @@ void score_quad_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const vo
   for (int r = 0; r < rb; ++r) hsum4_i32(acc[r][0], acc[r][1], acc[r][2], acc[r][3], w.s + (r0 + r) * T + t);
 }
 
+// score_quad_madd's sums for 4 rows [r0, r0 + 4) against 2 keys t, t + 1, as score_rows4_keys2 does
+// in f32: each K chunk is widened once for 4 rows, where two blocks of 2 rows × 4 keys widened it
+// twice (vpmovsxbw takes 2 cycles on Zen 1, as long as a vpmaddwd). Sums in int32 are exact, so
+// the scores are those of score_quad_madd.
+template <int DT>
+void score_madd_rows4_keys2(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k,
+                            std::int64_t t) {
+  const std::int64_t ld = w.ld, dq = madd_width(d);
+  const std::uint16_t* q = w.qb + r0 * ld;
+  __m256i acc[4][2];
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_si256();
+  for (std::int64_t e = 0; e < dq; e += 16) {
+    const __m256i k0 = load_i16x16<DT>(k[0], e, d), k1 = load_i16x16<DT>(k[1], e, d);
+#pragma GCC unroll 4
+    for (int r = 0; r < 4; ++r) {
+      const __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + r * ld + e));
+      acc[r][0] = madd_add(acc[r][0], qv, k0);
+      acc[r][1] = madd_add(acc[r][1], qv, k1);
+    }
+  }
+#pragma GCC unroll 2
+  for (int r = 0; r < 4; r += 2) {
+    alignas(16) float x[4];  // rows r and r + 1, keys t and t + 1
+    hsum4_i32(acc[r][0], acc[r][1], acc[r + 1][0], acc[r + 1][1], x);
+    std::memcpy(w.s + (r0 + r) * T + t, x, 2 * sizeof(float));
+    std::memcpy(w.s + (r0 + r + 1) * T + t, x + 2, 2 * sizeof(float));
+  }
+}
+
 // Each row's P (≥ 0, times the V scale) as int16 pairs [R][T/2] on a per-row scale, pscale =
 // max P / 32767 (0 when the row has no mass): an error of at most max P / 65534 per key.
 inline void pack_probabilities_i16(const Scratch& w, std::int64_t rows) {
@@ -160,11 +196,14 @@ inline void stage_pair_i8(const void* a, const void* b, std::int64_t d, std::int
 }
 
 // O[r] = O[r]·alpha[r] + pscale[r] · Σ_pairs (p pair)·(v pair) for rows [r0, r0 + rb), over `pairs`
-// staged key pairs (stage_pair_i8, ld·2 bytes apart): 2·rb int32 accumulators per 16 columns.
+// key pairs: staged (stage_pair_i8, ld·2 bytes apart), or with kRows the V rows themselves
+// (vrow[2·tp], vrow[2·tp + 1]; a zero row past an odd tile), interleaved here as stage_pair_i8
+// would (groups of at most RB rows, whose one row block reads each pair once: staging them only
+// moved the bytes, and waited on their loads). 2·rb int32 accumulators per 16 columns.
 // pf: the next tile's V lines, spread over the (column chunk, pair) steps.
-template <int rb>
+template <int rb, bool kRows = false>
 void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_t* stage,
-             std::int64_t pairs, SpreadPrefetch pf = {}) {
+             const void* const* vrow, std::int64_t pairs, SpreadPrefetch pf = {}) {
   const std::int64_t ld = w.ld, dq = madd_width(d);
   pf.spread_over(std::size_t(std::max<std::int64_t>(dq / 16 * pairs, 1)));
   for (std::int64_t e = 0; e < dq; e += 16) {
@@ -173,9 +212,17 @@ void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_
     for (int r = 0; r < rb; ++r) lo[r] = hi[r] = _mm256_setzero_si256();
     for (std::int64_t tp = 0; tp < pairs; ++tp) {
       pf.step(std::size_t(e / 16 * pairs + tp));
-      const std::int8_t* vs = stage + (tp * ld + e) * 2;
-      const __m256i vlo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vs)));
-      const __m256i vhi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vs + 16)));
+      __m128i xlo, xhi;
+      if constexpr (kRows) {
+        const __m128i a = load_i8x16(vrow[2 * tp], e, d), b = load_i8x16(vrow[2 * tp + 1], e, d);
+        xlo = _mm_unpacklo_epi8(a, b);
+        xhi = _mm_unpackhi_epi8(a, b);
+      } else {
+        const std::int8_t* vs = stage + (tp * ld + e) * 2;
+        xlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vs));
+        xhi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vs + 16));
+      }
+      const __m256i vlo = _mm256_cvtepi8_epi16(xlo), vhi = _mm256_cvtepi8_epi16(xhi);
 #pragma GCC unroll 4
       for (int r = 0; r < rb; ++r) {  // the pair's dword broadcast by a load (no shuffle)
         const __m256i pp = _mm256_castps_si256(
