@@ -81,7 +81,7 @@
 // 2210, 32/32 bf16 4290 -> 3690, context 32768 32/8 bf16 14800 -> 13700; one thread 3590 -> 3300
 // (int8 stages key pairs and f16 widens: unchanged).
 // AVX2 groups of 4 rows or more but int8's take their score steps 4 rows × 2 keys per block
-// (score_rows4_keys2: each K chunk widened once for 4 rows, 10 loads per 16 FMAs, not 20):
+// (score_rows4_keys2: each K chunk widened once for 4 rows, 12 loads per 16 FMAs, not 20):
 // one Zen 1 thread, context 512, 32/1 bf16 349 -> 334 µs, 32/4 390 -> 372, 32/8 450 -> 440.
 // MHA (one query row per KV head) was bound by FMA latency, not by the cache: each of a score's 4
 // keys and each of P·V's 2 O vectors is one chain of dependent FMAs, 4 cycles apart, and 2 to 4
@@ -324,12 +324,15 @@ void score_quad(const Scratch& w, std::int64_t d, std::int64_t r0, const void* c
 // more, called twice per 4-key step). Two blocks of 2 rows × 4 keys load and widen each K chunk
 // twice and, short of registers, fold each q load into its FMA: 20 loads and 8 unpacks per 16
 // FMAs, and Zen 1 loads one 256-bit vector per cycle. Here each K chunk is widened once for 4 rows
-// and each q vector feeds 2 FMAs: 10 loads and 4 unpacks per 16 FMAs, in 8 accumulators, 4 K
-// halves and a q (14 of 16 registers). Each (row, key) sum takes the same FMAs in the same order
-// and the same hsum4 tree as in score_quad, so the scores are the same bit for bit.
+// and each q vector feeds 2 FMAs: 12 loads (GCC reads a K chunk in each of its 2 unpacks) and 4
+// unpacks per 16 FMAs, in 8 accumulators, 4 K halves and 2 q (15 of 16 registers). Each (row,
+// key) sum takes the same FMAs in the same order and the same hsum4 tree as in score_quad, so the
+// scores are the same bit for bit.
+// Not inlined: inside run_chunk GCC 12 stored the K halves to the stack on every step (one Zen 1
+// thread, 32/8 bf16 from L3: 408 µs against 373). score_madd_rows4_keys2 ran faster inlined.
 template <int DT>
-void score_rows4_keys2(const Scratch& w, std::int64_t d, std::int64_t r0, const void* const* k,
-                       std::int64_t t) {
+[[gnu::noinline]] void score_rows4_keys2(const Scratch& w, std::int64_t d, std::int64_t r0,
+                                         const void* const* k, std::int64_t t) {
   const std::int64_t dv = d / N * N, dv2 = d / (2 * N) * (2 * N), ld = w.ld;
   const float* q = w.q + r0 * ld;
   Vec::T acc[4][2];
@@ -337,15 +340,11 @@ void score_rows4_keys2(const Scratch& w, std::int64_t d, std::int64_t r0, const 
   for (int r = 0; r < 4; ++r) acc[r][0] = acc[r][1] = Vec::zero();
   for (std::int64_t e = 0; e < dv2; e += 2 * N) {
     Vec::T a[2], b[2];
-#pragma GCC unroll 2
-    for (int i = 0; i < 2; ++i) {
-      load_pair<DT>(k[i], e, a[i], b[i]);
-      __asm__("" : "+x"(a[i]), "+x"(b[i]));
-    }
+    load_pair<DT>(k[0], e, a[0], b[0]);
+    load_pair<DT>(k[1], e, a[1], b[1]);
 #pragma GCC unroll 4
     for (int r = 0; r < 4; ++r) {
-      // In registers: GCC 12 would fold each q load into both of its FMAs (and each K load into
-      // both unpacks), loading twice.
+      // In registers: GCC 12 would fold each q load into both of its FMAs, loading it twice.
       Vec::T q0 = Vec::load(q + r * ld + e), q1 = Vec::load(q + r * ld + e + N);
       __asm__("" : "+x"(q0), "+x"(q1));
       acc[r][0] = Vec::fmadd(q0, a[0], acc[r][0]);
