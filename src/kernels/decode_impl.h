@@ -1026,6 +1026,15 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
   }
 }
 
+// V rows of one head (off bytes into each token's row) for the P·V loops that read them in place
+// as key pairs (pv_dot_rows, pv_madd<rb, true>): an odd tile's last key pairs with a row of zeros,
+// long enough for any row they read (decode_ld(kMaxHeadDim) bf16).
+inline void pair_rows(const std::uint8_t* const* vbase, std::size_t off, std::int64_t nt, const void** vrow) {
+  alignas(64) static const std::uint8_t zeros[2 * ((kMaxHeadDim + 31) / 32 * 32)] = {};
+  for (std::int64_t t = 0; t < nt; ++t) vrow[t] = vbase[t] + off;
+  if (nt % 2 != 0) vrow[nt] = zeros;
+}
+
 // Pointers to the rows of tokens [t0, t0 + nt) of one sequence (paged or contiguous: one block).
 // (head_off: bytes to the item's first head, so that krow[t] + g·head stride is its head g.)
 void token_rows(const DecodeParams& p, const std::int32_t* table, std::int64_t t0, std::int64_t nt,
@@ -1383,9 +1392,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
 #if defined(__AVX512BF16__)
       if constexpr (kDot<DT>) {
         if (R <= RB) {
-          alignas(64) static const std::uint16_t zeros[(kMaxHeadDim + 31) / 32 * 32] = {};
-          for (std::int64_t t = 0; t < nt; ++t) vrow[t] = vbase[t] + g * hs;
-          if (nt % 2 != 0) vrow[nt] = zeros;
+          pair_rows(vbase, std::size_t(g) * hs, nt, vrow);
           for_row_blocks<RB>(
               R, [&](std::int64_t r0, auto rb) {
                 pv_dot_rows<DT, decltype(rb)::value>(w, d, r0, vrow, (nt + 1) / 2, r0 == 0 ? pf : SpreadPrefetch{});
@@ -1401,9 +1408,7 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
 #if defined(MHA_DECODE_MADD)
       if constexpr (kMadd<DT>) {
         if (span) {
-          alignas(16) static const std::int8_t zeros[kMaxHeadDim] = {};
-          for (std::int64_t t = 0; t < nt; ++t) vrow[t] = vbase[t] + g * hs;
-          if (nt % 2 != 0) vrow[nt] = zeros;
+          pair_rows(vbase, std::size_t(g) * hs, nt, vrow);
           for_row_blocks<RB>(R, [&](std::int64_t r0, auto rb) {
             pv_madd<decltype(rb)::value, true>(w, d, r0, nullptr, vrow, (nt + 1) / 2,
                                                r0 == 0 ? pf : SpreadPrefetch{});

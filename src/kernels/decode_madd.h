@@ -187,11 +187,21 @@ inline void pack_probabilities_i16(const Scratch& w, std::int64_t rows) {
 
 // Stages V rows a, b of one head (b = nullptr past the tile: zeros) as int8 pairs: per 16
 // columns c, 32 bytes (a[c], b[c]) in column order, which pv_madd widens to int16 as it reads.
+// Columns e .. e + 15 of int8 rows a, b (b = nullptr: zeros) as pairs (a[c], b[c]): lo holds
+// columns e .. e + 7, hi the rest.
+inline void pair_i8x16(const void* a, const void* b, std::int64_t e, std::int64_t d, __m128i& lo,
+                       __m128i& hi) {
+  const __m128i x = load_i8x16(a, e, d), y = b != nullptr ? load_i8x16(b, e, d) : _mm_setzero_si128();
+  lo = _mm_unpacklo_epi8(x, y);
+  hi = _mm_unpackhi_epi8(x, y);
+}
+
 inline void stage_pair_i8(const void* a, const void* b, std::int64_t d, std::int8_t* dst) {
   for (std::int64_t e = 0; e < madd_width(d); e += 16) {
-    const __m128i x = load_i8x16(a, e, d), y = b != nullptr ? load_i8x16(b, e, d) : _mm_setzero_si128();
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * e), _mm_unpacklo_epi8(x, y));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * e + 16), _mm_unpackhi_epi8(x, y));
+    __m128i lo, hi;
+    pair_i8x16(a, b, e, d, lo, hi);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * e), lo);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * e + 16), hi);
   }
 }
 
@@ -214,9 +224,7 @@ void pv_madd(const Scratch& w, std::int64_t d, std::int64_t r0, const std::int8_
       pf.step(std::size_t(e / 16 * pairs + tp));
       __m128i xlo, xhi;
       if constexpr (kRows) {
-        const __m128i a = load_i8x16(vrow[2 * tp], e, d), b = load_i8x16(vrow[2 * tp + 1], e, d);
-        xlo = _mm_unpacklo_epi8(a, b);
-        xhi = _mm_unpackhi_epi8(a, b);
+        pair_i8x16(vrow[2 * tp], vrow[2 * tp + 1], e, d, xlo, xhi);
       } else {
         const std::int8_t* vs = stage + (tp * ld + e) * 2;
         xlo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(vs));
