@@ -955,22 +955,23 @@ void score_step(const Scratch& w, std::int64_t R, std::int64_t d, const void* co
 }
 
 // Online softmax over the tile for every row: s becomes p (times the V scale), alpha the rescale.
-// kscale, vscale: [rows / rows_per_group][T], the int8 scales of each group's keys (else 1).
+// kscale, vscale: [rows / rows_per_group][T], the int8 scales of each group's keys (null: 1).
 void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_group, std::int64_t nt,
                   const float* kscale_all, const float* vscale_all, float scale, const std::int64_t* limit,
                   const float* row_scale) {
   const Vec::T neg_inf = Vec::set1(kNegInf);
   for (std::int64_t r = 0; r < rows; ++r) {
     float* s = w.s + r * T;
-    const float* kscale = kscale_all + r / rows_per_group * T;
-    const float* vscale = vscale_all + r / rows_per_group * T;
+    const float* kscale = kscale_all != nullptr ? kscale_all + r / rows_per_group * T : nullptr;
+    const float* vscale = vscale_all != nullptr ? vscale_all + r / rows_per_group * T : nullptr;
     // Scale (times int8's K scale and q scale); keys past the tile or past the row's causal limit get -inf.
     const std::int64_t visible = std::min(nt, limit[r]);
     const Vec::T row_mult = Vec::set1(row_scale != nullptr ? scale * row_scale[r] : scale);
     Vec::T mv = neg_inf;
     Vec::T bad = Vec::zero();  // NaN in a lane once a visible score is not finite (README, "NaN and inf")
     for (std::int64_t t = 0; t < T; t += N) {
-      Vec::T x = Vec::mul(Vec::load(s + t), Vec::mul(row_mult, Vec::load(kscale + t)));
+      Vec::T x = Vec::mul(Vec::load(s + t),
+                          kscale != nullptr ? Vec::mul(row_mult, Vec::load(kscale + t)) : row_mult);
       // keep_lanes wants hi within [-1, N]: a row may see none of this tile (visible <= 0).
       if (visible < t + N) {
         const int hi = int(std::max<std::int64_t>(visible - t, 0)) - 1;
@@ -1019,7 +1020,8 @@ void softmax_tile(const Scratch& w, std::int64_t rows, std::int64_t rows_per_gro
     const float inv = 1.f / l_new;
     const Vec::T vinv = Vec::set1(inv);
     for (std::int64_t t = 0; t < T; t += N)
-      Vec::store(s + t, Vec::mul(Vec::load(s + t), Vec::mul(Vec::load(vscale + t), vinv)));
+      Vec::store(s + t, Vec::mul(Vec::load(s + t),
+                                 vscale != nullptr ? Vec::mul(Vec::load(vscale + t), vinv) : vinv));
     w.alpha[r] = alpha * w.l[r] * inv;
     w.l[r] = l_new;
     w.m[r] = m_new;
@@ -1226,11 +1228,12 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     }
     if constexpr (!kDot<DT>)  // softmax_tile's [H][T] scales (kDot needs none for bf16)
 #endif
-      for (std::int64_t g = 0; g < H; ++g)
-        for (std::int64_t t = 0; t < T; ++t) {
-          kscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.k_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
-          vscale[g * T + t] = t >= nt ? 0.f : DT == kI8 ? p.v_scale[rows[t] * p.hkv + it.g0 + g] : 1.f;
-        }
+      if constexpr (DT == kI8)
+        for (std::int64_t g = 0; g < H; ++g)
+          for (std::int64_t t = 0; t < T; ++t) {
+            kscale[g * T + t] = t >= nt ? 0.f : p.k_scale[rows[t] * p.hkv + it.g0 + g];
+            vscale[g * T + t] = t >= nt ? 0.f : p.v_scale[rows[t] * p.hkv + it.g0 + g];
+          }
     for (std::int64_t g = 0, r = 0; g < H; ++g)  // row g·R + i·G + j sees L − nq + i + 1 keys
       for (std::int64_t i = 0; i < p.nq; ++i)
         for (std::int64_t j = 0; j < G; ++j, ++r) rel[r] = L - p.nq + i + 1 - t0;
@@ -1362,7 +1365,8 @@ void run_chunk(const DecodeParams& p, const DecodeItem& it, float* scratch) {
     } else
 #endif
     {
-      softmax_tile(all, HR, R, nt, kscale, vscale, p.scale, rel, kIntQ<DT> ? all.qscale : nullptr);
+      softmax_tile(all, HR, R, nt, DT == kI8 ? kscale : nullptr, DT == kI8 ? vscale : nullptr, p.scale, rel,
+                   kIntQ<DT> ? all.qscale : nullptr);
 #if defined(MHA_DECODE_MADD)
       if constexpr (kIntQ<DT>) pack_probabilities_i16(all, HR);
 #endif
