@@ -177,5 +177,30 @@ TEST(Hostile, ValidEmptyInputsAreAccepted) {
                             Tensor::bshd(&out_dummy, DType::f32, 1, 0, H, D), o, &lse));
 }
 
+// A step of an engine with no active sequence has no chunk of keys to share out: it divided by zero
+// there (SIGFPE). A sequence that holds no token yet is refused, naming seqs (no lengths given).
+TEST(Hostile, DecodeWithNoKeysReturnsWithoutWork) {
+  const KvCacheConfig config{
+      .kv_heads = 1, .head_dim = 8, .dtype = CacheDType::f32, .max_seqs = 2, .max_seq_len = 16};
+  DecodeEngine engine(config, 2);
+  float dummy = 0;
+  const Tensor q0 = Tensor::contiguous(&dummy, DType::f32, {0, 1, 2, 8});
+  const Tensor kv0 = Tensor::contiguous(&dummy, DType::f32, {0, 1, 1, 8});
+  EXPECT_NO_THROW(engine.step(q0, kv0, kv0, q0));
+  EXPECT_NO_THROW(decode_attention(q0, engine.cache(), {}, {}, q0));
+  expect_error<InvalidArgument>([&] { engine.blocks_for(-5); }, "tokens");  // had answered 0
+
+  KvCache cache(config);
+  const std::int32_t seq = cache.add_sequence();
+  std::vector<float> q(2 * 8, 1.f), out(2 * 8, 7.f);
+  expect_error<InvalidArgument>(
+      [&] {
+        decode_attention(Tensor::contiguous(q.data(), DType::f32, {1, 1, 2, 8}), cache, {&seq, 1}, {},
+                         Tensor::contiguous(out.data(), DType::f32, {1, 1, 2, 8}));
+      },
+      "seqs");
+  for (float x : out) EXPECT_EQ(x, 7.f);  // nothing written
+}
+
 }  // namespace
 }  // namespace mha

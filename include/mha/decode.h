@@ -81,7 +81,8 @@ class DecodeEngine {
   // Active sequences in admission order: the row order of step()'s tensors.
   std::span<const std::int32_t> active() const { return active_; }
 
-  // Blocks a sequence of `tokens` tokens occupies (1 for a contiguous cache's slot).
+  // Blocks a sequence of `tokens` tokens occupies (1 for a contiguous cache's slot); InvalidArgument
+  // ("tokens") below 0.
   std::int64_t blocks_for(std::int64_t tokens) const;
 
   // Admits a sequence: writes the prompt's k, v [n, Hkv, D] in chunks of `chunk` tokens (0: one

@@ -27,6 +27,9 @@ def test_decode_engine_equals_attention_over_the_prompt_and_steps():
     free = engine.cache.free_blocks
     engine.retire(seq)
     assert engine.active == [] and engine.cache.free_blocks == free + 3
+    # A step with no active sequence is empty (it had divided by zero sharing out no keys: SIGFPE).
+    empty = engine.step(q[:0, None], k[:0, None], v[:0, None])
+    assert empty.shape == (0, 1, hq, d)
 
 
 def test_one_array_as_k_and_v_fills_both_caches():

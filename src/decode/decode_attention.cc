@@ -64,6 +64,11 @@ void decode_attention(const Tensor& q, const KvCache& cache, std::span<const std
     if (!cache.active(s)) fail("seqs", "seqs[{}] = {} is not an active sequence of the cache", b, s);
     const std::int64_t have = cache.length(s);
     const std::int64_t L = cache_seqlens.empty() ? have : cache_seqlens[std::size_t(b)];
+    if (cache_seqlens.empty() && L < Nq)
+      fail("seqs",
+           "sequence {} (seqs[{}]) holds {} tokens, expected at least q.shape[1] = {} (the new tokens "
+           "are written before they attend)",
+           s, b, have, Nq);
     if (L < Nq || L > have)
       fail("cache_seqlens",
            "cache_seqlens[{}] = {} for sequence {} of length {}, expected {} to {} (the new tokens "

@@ -20,6 +20,9 @@ DecodeEngine::DecodeEngine(const KvCacheConfig& cache, std::int64_t q_heads)
 }
 
 std::int64_t DecodeEngine::blocks_for(std::int64_t tokens) const {
+  if (tokens < 0)
+    throw InvalidArgument("tokens",
+                          fmt::format("DecodeEngine.blocks_for: tokens = {}, expected >= 0", tokens));
   return cache_.paged() ? (tokens + cache_.config().block_size - 1) / cache_.config().block_size : 1;
 }
 
@@ -48,7 +51,10 @@ std::int32_t DecodeEngine::admit(const Tensor& q, const Tensor& k, const Tensor&
   }
   if (n < 1)
     throw InvalidArgument("k", "DecodeEngine.admit: the prompt has no tokens, expected at least one");
-  if (n > cache_.config().max_seq_len || (cache_.paged() && blocks_for(n) > cache_.free_blocks()))
+  if (n > c.max_seq_len)
+    throw CapacityExceeded(
+        "cache", fmt::format("DecodeEngine.admit: a {}-token prompt, max_seq_len is {}", n, c.max_seq_len));
+  if (cache_.paged() && blocks_for(n) > cache_.free_blocks())
     throw CapacityExceeded(
         "cache", fmt::format("DecodeEngine.admit: a {}-token prompt needs {} blocks, {} are free", n,
                              blocks_for(n), cache_.free_blocks()));

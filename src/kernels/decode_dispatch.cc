@@ -57,7 +57,7 @@ void run_decode(const DecodeParams& p, const Tensor& out_view, const Tensor* lse
   std::int64_t heads_per_item = p.hkv;
   if (p.head_stride > p.token_stride) {
     heads_per_item = 1;
-  } else if (chunks < pool->size()) {
+  } else if (chunks > 0 && chunks < pool->size()) {  // no chunks: no keys (or no sequences) at all
     const std::int64_t parts = std::min<std::int64_t>(p.hkv, (pool->size() + chunks - 1) / chunks);
     heads_per_item = (p.hkv + parts - 1) / parts;
   }
