@@ -676,5 +676,50 @@ TEST(KvCacheCall, AppendsDecodesAndMatchesTheKernelsItRuns) {
   EXPECT_EQ(kc, kc_before);
 }
 
+// Paged entries may share blocks they only read (a common prefix); a new token written to a row that
+// another position reads (another entry's, or the same entry's through a block named twice) is an
+// error naming block_table, and nothing is written. Before the check it was a silent wrong answer.
+TEST(KvCacheCall, NewTokensGoToRowsNoOtherPositionReads) {
+  const std::int64_t B = 2, bs = 4, blocks = 6, H = 2, Hkv = 1, D = 8;
+  std::vector<float> kp = check::normal_vector(std::size_t(blocks * bs * Hkv * D), 1),
+                     vp = check::normal_vector(kp.size(), 2);
+  const std::vector<float> q = check::normal_vector(std::size_t(B * H * D), 3);
+  const std::vector<float> kn = check::normal_vector(std::size_t(B * Hkv * D), 4),
+                           vn = check::normal_vector(kn.size(), 5);
+  const Tensor knew = Tensor::bshd(const_cast<float*>(kn.data()), DType::f32, B, 1, Hkv, D),
+               vnew = Tensor::bshd(const_cast<float*>(vn.data()), DType::f32, B, 1, Hkv, D);
+  std::vector<float> out(std::size_t(B * H * D), 7.f);
+  const auto call = [&](std::vector<std::int32_t> table, std::vector<std::int32_t> lens) {
+    KvCacheCallOptions o{.causal = true, .k_new = &knew, .v_new = &vnew, .block_table = table};
+    attention_with_kvcache(Tensor::bshd(const_cast<float*>(q.data()), DType::f32, B, 1, H, D),
+                           Tensor::bshd(kp.data(), DType::f32, blocks, bs, Hkv, D),
+                           Tensor::bshd(vp.data(), DType::f32, blocks, bs, Hkv, D), lens,
+                           Tensor::bshd(out.data(), DType::f32, B, 1, H, D), o);
+  };
+  const std::vector<float> kp_before = kp, vp_before = vp;
+  const auto refused = [&](std::vector<std::int32_t> table, std::vector<std::int32_t> lens,
+                           const char* what) {
+    try {
+      call(table, lens);
+      ADD_FAILURE() << what << ": no error";
+    } catch (const InvalidArgument& e) {
+      EXPECT_EQ(e.argument(), "block_table") << what;
+    }
+    EXPECT_EQ(kp, kp_before) << what;
+    EXPECT_EQ(vp, vp_before) << what;
+    for (float x : out) EXPECT_EQ(x, 7.f) << what;
+  };
+  // Entry 1 reads row 1 of block 1 as its token 5, where entry 0 writes its token 5.
+  refused({0, 1, 0, 1}, {5, 6}, "a block both entries write");
+  // Entry 0's table names block 1 twice: its token 5 would overwrite its token 1.
+  refused({1, 1, 2, 3}, {5, 2}, "a block named twice");
+  // A shared prefix block that nobody writes: accepted, and each new token lands in its own block.
+  EXPECT_NO_THROW(call({0, 1, 0, 2}, {5, 6}));
+  for (std::int64_t e = 0; e < Hkv * D; ++e) {
+    EXPECT_EQ(kp[std::size_t((1 * bs + 1) * Hkv * D + e)], kn[std::size_t(e)]);
+    EXPECT_EQ(kp[std::size_t((2 * bs + 2) * Hkv * D + e)], kn[std::size_t(Hkv * D + e)]);
+  }
+}
+
 }  // namespace
 }  // namespace mha

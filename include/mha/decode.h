@@ -62,8 +62,10 @@ struct KvCacheCallOptions {
 // Entry b attends to keys [0, L_b), L_b = cache_seqlens[b] + Nnew. out [B, Nq, Hq, D] f32 or q's
 // dtype; lse [B, Hq, Nq] f32 when given. Causal decode steps (Nq <= 64) run the flash-decode
 // kernel; other calls the flash forward kernel per entry (a paged cache gathered first). Bitwise
-// identical for any thread count. Everything is checked before anything is written (the new
-// tokens included): InvalidArgument / Unsupported naming the argument.
+// identical for any thread count. Entries may share blocks they only read (a common prefix); a
+// new token must go to a row that no other position of any entry reads (InvalidArgument naming
+// block_table). Everything is checked before anything is written (the new tokens included):
+// InvalidArgument / Unsupported naming the argument.
 void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                             std::span<const std::int32_t> cache_seqlens, const Tensor& out,
                             const KvCacheCallOptions& options = {}, const Tensor* lse = nullptr);

@@ -125,6 +125,9 @@ def flash_attn_with_kvcache(q: Any, k_cache: Any, v_cache: Any, k: Any = None, v
         if value is not None:
             raise invalid(name, f"{name}: not supported by mha, expected None", NotImplementedError)
     q, k_cache, v_cache = (_arrays.as_array(x, n) for x, n in ((q, "q"), (k_cache, "k_cache"), (v_cache, "v_cache")))
+    for x, n in ((k_cache, "k_cache"), (v_cache, "v_cache")):
+        if isinstance(x, np.ndarray) and not x.flags.writeable:
+            raise invalid(n, f"{n}: a read-only array, expected a writable cache (new tokens are written into it)")
     dt = _arrays.dtype_name(q, "q")
     batch = q.shape[0] if q.ndim == 4 else 0
     if cache_seqlens is None or isinstance(cache_seqlens, (int, np.integer)):

@@ -132,6 +132,11 @@ def test_bad_inputs_raise_and_leave_the_caches_alone(rng):
     expect("v_cache", vc=vc[:, :4])
     expect("block_table", block_table=np.array([[0], [5]], np.int32))  # block 5 of a 2-block cache
     expect("block_table", block_table=np.array([0, 1], np.int32))     # not [batch, max_blocks]
+    # entry 0 writes its token 0 to row 0 of block 0, which entry 1 reads as its own token 0
+    expect("block_table", block_table=np.array([[0], [0]], np.int32), cache_seqlens=np.array([0, 1], np.int32))
+    readonly = kc.copy()
+    readonly.flags.writeable = False
+    expect("k_cache", kc=readonly)
     expect("rotary_cos", rotary_cos=np.ones((4, 8), np.float32), rotary_sin=np.ones((4, 8), np.float32))
     expect("softcap", NotImplementedError, softcap=1.0)
     expect("cache_batch_idx", NotImplementedError, cache_batch_idx=np.array([1, 0], np.int32))

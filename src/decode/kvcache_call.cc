@@ -10,9 +10,11 @@
 // entry by entry: a contiguous cache in place as a strided view, a paged one gathered first.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <tuple>
 #include <vector>
 
 #include "api/validate.h"
@@ -48,6 +50,42 @@ void rotate(float* x, const Tensor& cos, const Tensor& sin, std::int64_t pos, bo
     const float xa = x[a], xb = x[b];
     x[a] = xa * c - xb * s;
     x[b] = xa * s + xb * c;
+  }
+}
+
+// A paged call's new tokens must go to cache rows that no other position of any entry reads:
+// entries whose block tables share the block being written (or one entry's table naming a block
+// twice) would otherwise attend to another entry's new keys, or lose their own earlier ones,
+// silently. row_of(b, r): the cache row of entry b's token r. The rows written are few (B·n_new,
+// sorted); every block each entry reads is looked up among them.
+template <class RowOf>
+void check_written_rows(std::span<const std::int32_t> cache_seqlens, std::int64_t n_new,
+                        std::int64_t rows_per_block, const RowOf& row_of) {
+  const std::int64_t B = std::int64_t(cache_seqlens.size());
+  std::vector<std::tuple<std::int64_t, std::int64_t, std::int64_t>> written;  // (cache row, entry, token)
+  written.reserve(std::size_t(B * n_new));
+  for (std::int64_t b = 0; b < B; ++b)
+    for (std::int64_t i = 0; i < n_new; ++i) {
+      const std::int64_t t = cache_seqlens[std::size_t(b)] + i;
+      written.emplace_back(row_of(b, t), b, t);
+    }
+  std::sort(written.begin(), written.end());
+  for (std::int64_t b = 0; b < B; ++b) {
+    const std::int64_t L = cache_seqlens[std::size_t(b)] + n_new;
+    for (std::int64_t r0 = 0; r0 < L; r0 += rows_per_block) {
+      const std::int64_t first = row_of(b, r0), n = std::min(rows_per_block, L - r0);
+      for (auto it = std::lower_bound(written.begin(), written.end(),
+                                      std::tuple{first, std::int64_t(-1), std::int64_t(-1)});
+           it != written.end() && std::get<0>(*it) < first + n; ++it) {
+        const auto [cache_row, w, t] = *it;
+        const std::int64_t r = r0 + (cache_row - first);  // entry b reads that row as its token r
+        if (w != b || t != r)
+          fail("block_table",
+               "entry {} writes its token {} to cache row {}, which entry {} reads as its token {}; expected "
+               "the new tokens in rows of their own",
+               w, t, cache_row, b, r);
+      }
+    }
   }
 }
 
@@ -166,6 +204,7 @@ void attention_with_kvcache(const Tensor& q, const Tensor& k_cache, const Tensor
     return std::int64_t(tables[b * max_blocks + r / rows_per_block]) * rows_per_block + r % rows_per_block;
   };
   const std::int64_t row = Hkv * D;
+  if (paged && n_new > 0) check_written_rows(cache_seqlens, n_new, rows_per_block, row_of);
 
   // ---- 1. the new tokens into the caches ----
   std::vector<float> buf(static_cast<std::size_t>(D));
