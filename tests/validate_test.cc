@@ -130,7 +130,7 @@ TEST(Validate, UnsupportedDtype) {
   expect_error<InvalidArgument>([](Call& c) { c.k.dtype = DType::f16; }, "k",
                                 {"k.dtype = f16", "q.dtype = f32"});
   expect_error<Unsupported>([](Call& c) { c.out.dtype = DType::bf16; }, "out",
-                            {"out.dtype = bf16", "expected f32 or f32"});
+                            {"out.dtype = bf16", "expected f32 or q's f32"});
   expect_error<Unsupported>([](Call& c) { c.lse.dtype = DType::f16; }, "lse",
                             {"lse.dtype = f16", "expected f32"});
 }

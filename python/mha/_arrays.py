@@ -44,9 +44,19 @@ def _torch_names(t: Any) -> dict:
     return {t.float32: "f32", t.float16: "f16", t.bfloat16: "bf16"}
 
 
+def _on_cpu(x: Any, name: str) -> Any:
+    """x, or ValueError naming the argument for a torch tensor on another device (meta, cuda), which
+    could not even be handed to the extension."""
+    if x.device.type != "cpu":
+        raise invalid(name, f"{name}: a tensor on device {x.device}, expected a CPU tensor")
+    return x
+
+
 def as_array(x: Any, name: str) -> Any:
     """x as a NumPy array or torch tensor (no copy), or TypeError naming the argument."""
-    if isinstance(x, np.ndarray) or is_torch(x):
+    if is_torch(x):
+        return _on_cpu(x, name)
+    if isinstance(x, np.ndarray):
         return x
     if hasattr(x, "__dlpack__"):
         return np.from_dlpack(x)
@@ -57,7 +67,7 @@ def as_array(x: Any, name: str) -> Any:
 def dtype_name(x: Any, name: str) -> str:
     """'f32' | 'f16' | 'bf16' for an attention operand, else ValueError naming the argument."""
     if is_torch(x):
-        found = _torch_names(_torch()).get(x.dtype)
+        found = _torch_names(_torch()).get(_on_cpu(x, name).dtype)
     else:
         found = _NP_NAMES.get(x.dtype)
     if found is None:

@@ -9,8 +9,13 @@ from . import _arrays
 from ._core import Call, run_backward, run_forward, window_pair
 
 
+_LAYOUTS = ("bshd", "bhsd", "shd", "hsd")
+
+
 def _call(layout: str, scale: Optional[float], causal: bool, window_size: Any, mask: Any, cu_seqlens_q: Any,
           cu_seqlens_k: Any, dropout_p: float) -> Call:
+    if layout not in _LAYOUTS:  # the C++ check comes after the Python layer has used the layout
+        raise _arrays.invalid("layout", f"layout = {layout!r}, expected 'bshd', 'bhsd', 'shd' or 'hsd'")
     left, right = window_pair(window_size)
     cq = None if cu_seqlens_q is None else _arrays.int32(cu_seqlens_q, "cu_seqlens_q")
     ck = None if cu_seqlens_k is None else _arrays.int32(cu_seqlens_k, "cu_seqlens_k")

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import torch as _torch
 
 from . import _core
-from ._arrays import invalid
+from ._arrays import dtype_name, invalid
 from .flash import flash_call, keep_mask, varlen_call
 from .sdpa import sdpa_call
 
@@ -37,13 +37,30 @@ class _Attention(_torch.autograd.Function):
     def backward(ctx: Any, dout: Any, _dlse: Any) -> Any:
         q, k, v, out, lse = ctx.saved_tensors
         dq, dk, dv = _core.run_backward(ctx.call, q, k, v, out, dout, lse, ctx.seed, 0)
+        if _torch.is_grad_enabled():  # create_graph=True: the gradients reach q, k, v, and refuse to go on
+            dq, dk, dv = (_NoSecondDerivative.apply(g, q, k, v) for g in (dq, dk, dv))
         return None, None, dq, dk, dv
 
 
-def _apply(call: _core.Call, q: Any, k: Any, v: Any) -> tuple[Any, Any, int]:
-    for name, x in (("q", q), ("k", k), ("v", v)):
+class _NoSecondDerivative(_torch.autograd.Function):
+    """A gradient computed under create_graph=True, tied to the inputs it depends on: differentiating
+    it raises, where a plain tensor would have said that it "does not require grad"."""
+
+    @staticmethod
+    def forward(ctx: Any, grad: Any, *inputs: Any) -> Any:
+        return grad.view_as(grad)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        raise NotImplementedError("mha.torch: attention's gradients have no derivative in mha (second "
+                                  "derivatives, create_graph=True); expected first derivatives only")
+
+
+def _apply(call: _core.Call, q: Any, k: Any, v: Any, names: tuple = ("q", "k", "v")) -> tuple[Any, Any, int]:
+    for name, x in zip(names, (q, k, v)):
         if not isinstance(x, _torch.Tensor):
             raise invalid(name, f"{name}: expected a torch.Tensor, got {type(x).__name__}", TypeError)
+        dtype_name(x, name)  # device and dtype, named as the caller's argument
     seed = _seed(call.dropout_p)
     out, lse = _Attention.apply(call, seed, q, k, v)
     return out, lse, seed
@@ -83,4 +100,4 @@ def scaled_dot_product_attention(query: Any, key: Any, value: Any, attn_mask: An
         raise invalid("attn_mask", "attn_mask: requires grad; mha's backward treats the mask as a constant, "
                                   "expected a mask without requires_grad", NotImplementedError)
     call = sdpa_call(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
-    return _apply(call, query, key, value)[0]
+    return _apply(call, query, key, value, ("query", "key", "value"))[0]

@@ -8,15 +8,29 @@ namespace mha::py {
 
 namespace {
 
+// A DLPack dtype as NumPy names it (int32, float64, complex64, bool), for messages.
+std::string dlpack_name(const nb::dlpack::dtype& t) {
+  using Code = nb::dlpack::dtype_code;
+  const char* kind = t.code == std::uint8_t(Code::Int)       ? "int"
+                     : t.code == std::uint8_t(Code::UInt)    ? "uint"
+                     : t.code == std::uint8_t(Code::Float)   ? "float"
+                     : t.code == std::uint8_t(Code::Bfloat)  ? "bfloat"
+                     : t.code == std::uint8_t(Code::Complex) ? "complex"
+                     : t.code == std::uint8_t(Code::Bool)    ? "bool"
+                                                             : nullptr;
+  if (kind == nullptr) return fmt::format("with DLPack code {} and {} bits", int(t.code), int(t.bits));
+  if (t.code == std::uint8_t(Code::Bool)) return "bool";
+  return fmt::format("{}{}{}", kind, int(t.bits), t.lanes == 1 ? "" : fmt::format("x{}", int(t.lanes)));
+}
+
 DType dtype_of(const nb::dlpack::dtype& t, std::string_view name) {
   using Code = nb::dlpack::dtype_code;
   if (t.lanes == 1 && t.code == std::uint8_t(Code::Float) && t.bits == 32) return DType::f32;
   if (t.lanes == 1 && t.code == std::uint8_t(Code::Float) && t.bits == 16) return DType::f16;
   if (t.lanes == 1 && t.code == std::uint8_t(Code::Bfloat) && t.bits == 16) return DType::bf16;
   if (t.lanes == 1 && t.code == std::uint8_t(Code::UInt) && t.bits == 16) return DType::bf16;
-  throw InvalidArgument(std::string(name),
-                        fmt::format("{}: dtype code {} with {} bits, expected float32, float16 or bfloat16",
-                                    name, int(t.code), int(t.bits)));
+  throw InvalidArgument(std::string(name), fmt::format("{}: dtype {}, expected float32, float16 or bfloat16",
+                                                       name, dlpack_name(t)));
 }
 
 void require_cpu(int device_type, std::string_view name) {

@@ -43,6 +43,16 @@ def test_dtypes_ranks_and_devices():
         mha.scaled_dot_product_attention(q[0, 0], k[0, 0], v[0, 0])
 
 
+def test_layouts_and_mask_dtypes_are_named():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="layout = 'bsdh'") as e:
+        mha.attention(q, k, v, layout="bsdh")
+    assert e.value.argument == "layout"
+    with pytest.raises(ValueError, match="mask: dtype int32") as e:
+        mha.attention(q, k, v, mask=np.zeros((8, 8), np.int32))
+    assert e.value.argument == "mask"
+
+
 def test_unsupported_is_not_implemented_error():
     q, k, v = qkv(d=300)
     with pytest.raises(NotImplementedError) as e:

@@ -107,3 +107,18 @@ def test_mask_requiring_grad_is_refused():
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(NotImplementedError, match="attn_mask"):
         mt.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(4, 4, requires_grad=True))
+
+
+def test_second_derivatives_and_other_devices_are_refused_by_name():
+    q = torch.randn(1, 2, 4, 8, requires_grad=True)
+    (g,) = torch.autograd.grad(mt.scaled_dot_product_attention(q, q, q).sum(), q, create_graph=True)
+    with pytest.raises(NotImplementedError, match="second derivatives"):  # had been "does not require grad"
+        g.sum().backward()
+    m = torch.randn(1, 2, 4, 8, device="meta")  # had been nanobind's "incompatible function arguments"
+    for call in (mt.scaled_dot_product_attention, mha.scaled_dot_product_attention):
+        with pytest.raises(ValueError, match="device meta") as e:
+            call(m, m, m)
+        assert e.value.argument == "query"
+    with pytest.raises(ValueError, match="device meta") as e:
+        mha.flash_attn_with_kvcache(torch.randn(1, 1, 2, 8), m, m)
+    assert e.value.argument == "k_cache"

@@ -26,8 +26,8 @@ detail::Span check_grad(const char* name, const Tensor& t, const std::array<std:
                         DType q_dtype, const char* what) {
   const detail::Span span = detail::check_view("attention_backward", name, t, 4, 4);
   if (t.dtype != DType::f32 && t.dtype != q_dtype)
-    throw Unsupported(name, fmt::format("attention_backward: {}.dtype = {} with q.dtype = {}, expected f32 or {}",
-                                        name, to_string(t.dtype), to_string(q_dtype), to_string(q_dtype)));
+    throw Unsupported(name, fmt::format("attention_backward: {}.dtype = {}, expected f32 or q's {}", name,
+                                        to_string(t.dtype), to_string(q_dtype)));
   for (std::size_t i = 0; i < 4; ++i)
     if (t.shape[i] != want[i])
       fail(name, fmt::format("{}.shape = {}, expected {} ({})", name, t.describe(), shape_string(want), what));

@@ -130,8 +130,8 @@ AttentionParams validate_attention(const char* func, const Tensor& q, const Tens
     fail(func, "v", "v.dtype = {} differs from q.dtype = {}, expected the same dtype", to_string(v.dtype),
          to_string(q.dtype));
   if (out_arg != nullptr && out.dtype != DType::f32 && out.dtype != q.dtype)
-    fail<Unsupported>(func, "out", "out.dtype = {} with q.dtype = {}, expected f32 or {}",
-                      to_string(out.dtype), to_string(q.dtype), to_string(q.dtype));
+    fail<Unsupported>(func, "out", "out.dtype = {}, expected f32 or q's {}", to_string(out.dtype),
+                      to_string(q.dtype));
 
   // shapes
   const std::int64_t B = q.shape[0], Nq = q.shape[1], Hq = q.shape[2], D = q.shape[3];
