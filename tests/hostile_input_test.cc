@@ -50,6 +50,7 @@ TEST(Hostile, AdmitChecksQVAndOutAgainstThePromptRows) {
   expect_error<InvalidArgument>([&] { engine.admit(tq, tk, tv, short_q); }, "out");
   const Tensor wrong_heads = Tensor::contiguous(q.data(), DType::f32, {100, 1, 8});
   expect_error<InvalidArgument>([&] { engine.admit(wrong_heads, tk, tv, to); }, "q");
+  expect_error<InvalidArgument>([&] { engine.admit(tq, tk, tv, to, -4); }, "chunk");  // had meant one chunk
   EXPECT_EQ(engine.cache().free_blocks(), free_before);
   EXPECT_TRUE(engine.active().empty());
   for (float x : one) EXPECT_EQ(x, 7.f);  // nothing written

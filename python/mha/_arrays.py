@@ -100,13 +100,16 @@ def zeros(like: Any, shape: tuple, dtype: str) -> Any:
     return a
 
 
-def int32(x: Any, name: str) -> Any:
-    """A 1-D contiguous int32 copy-if-needed of a small index array (cu_seqlens, lengths)."""
-    if is_torch(x):
-        return x.detach().to("cpu", _torch().int32).contiguous()
-    a = np.asarray(x)
+def int32(x: Any, name: str) -> np.ndarray:
+    """A contiguous int32 copy-if-needed of a small index array (cu_seqlens, lengths, block tables):
+    integers only, each within int32 (a cast would wrap 2^32 to 0 silently)."""
+    a = to_numpy(x)
     if a.dtype.kind not in "iu":
         raise invalid(name, f"{name}: dtype {a.dtype}, expected an integer array")
+    if a.dtype != np.int32 and a.size > 0:
+        lo, hi = int(a.min()), int(a.max())
+        if lo < -2**31 or hi >= 2**31:
+            raise invalid(name, f"{name}: values from {lo} to {hi}, expected int32 values")
     return np.ascontiguousarray(a, dtype=np.int32)
 
 

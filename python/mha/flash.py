@@ -131,7 +131,7 @@ def flash_attn_with_kvcache(q: Any, k_cache: Any, v_cache: Any, k: Any = None, v
     dt = _arrays.dtype_name(q, "q")
     batch = q.shape[0] if q.ndim == 4 else 0
     if cache_seqlens is None or isinstance(cache_seqlens, (int, np.integer)):
-        lens = np.full(batch, int(cache_seqlens or 0), np.int32)
+        lens = _arrays.int32(np.full(batch, int(cache_seqlens or 0), np.int64), "cache_seqlens")
     else:
         lens = _arrays.int32(cache_seqlens, "cache_seqlens")
     table = None

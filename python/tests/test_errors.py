@@ -107,6 +107,13 @@ def test_gpu_tensors_and_bad_cu_seqlens():
     with pytest.raises(ValueError) as e:
         mha.flash_attn_varlen_func(q[0], k[0], v[0], [0, 9], [0, 8], 9, 8)  # past total_q
     assert e.value.argument == "cu_seqlens_q"
+    # Index arrays past int32 had wrapped silently (2^33 -> 0), or float tensors truncated.
+    with pytest.raises(ValueError, match="expected int32 values") as e:
+        mha.flash_attn_varlen_func(q[0], k[0], v[0], np.array([0, 2**33]), [0, 8], 8, 8)
+    assert e.value.argument == "cu_seqlens_q"
+    with pytest.raises(ValueError, match="expected an integer array") as e:
+        mha.flash_attn_varlen_func(q[0], k[0], v[0], torch.tensor([0.0, 8.0]), [0, 8], 8, 8)
+    assert e.value.argument == "cu_seqlens_q"
     t = torch.from_numpy(q)
     with pytest.raises(ValueError, match="expected both or neither"):
         mha._mha.attention(t, t, t, torch.empty_like(t), cu_seqlens_q=np.array([0, 1], np.int32))

@@ -132,6 +132,9 @@ def test_bad_inputs_raise_and_leave_the_caches_alone(rng):
     expect("v_cache", vc=vc[:, :4])
     expect("block_table", block_table=np.array([[0], [5]], np.int32))  # block 5 of a 2-block cache
     expect("block_table", block_table=np.array([0, 1], np.int32))     # not [batch, max_blocks]
+    expect("block_table", block_table=np.array([[2**33], [1]], np.int64))  # had wrapped to block 0
+    expect("cache_seqlens", cache_seqlens=np.array([2**40, 0], np.int64))  # had wrapped to 0
+    expect("cache_seqlens", cache_seqlens=2**40)
     # entry 0 writes its token 0 to row 0 of block 0, which entry 1 reads as its own token 0
     expect("block_table", block_table=np.array([[0], [0]], np.int32), cache_seqlens=np.array([0, 1], np.int32))
     readonly = kc.copy()

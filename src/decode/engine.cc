@@ -51,6 +51,9 @@ std::int32_t DecodeEngine::admit(const Tensor& q, const Tensor& k, const Tensor&
   }
   if (n < 1)
     throw InvalidArgument("k", "DecodeEngine.admit: the prompt has no tokens, expected at least one");
+  if (chunk < 0)
+    throw InvalidArgument(
+        "chunk", fmt::format("DecodeEngine.admit: chunk = {}, expected 0 (one chunk) or more", chunk));
   if (n > c.max_seq_len)
     throw CapacityExceeded(
         "cache", fmt::format("DecodeEngine.admit: a {}-token prompt, max_seq_len is {}", n, c.max_seq_len));
