@@ -243,6 +243,23 @@ void expect_error(const std::function<void()>& f, const std::string& argument) {
   }
 }
 
+// Empty batches and sequences are valid input with empty output, whatever strides their views
+// carry: NumPy hands out an empty array's strides as zeros, which the contiguity check refused.
+TEST(Layers, EmptyBatchesAndSequencesGiveEmptyOutput) {
+  MultiHeadAttention layer(bert_mini(), MultiHeadAttentionWeights::random(bert_mini(), 1));
+  SelfAttention single(SelfAttentionWeights::random(64, 64, 1));
+  float dummy = 0;
+  for (const auto& shape : {std::array<std::int64_t, 3>{0, 5, 64}, {2, 0, 64}, {0, 0, 64}}) {
+    for (const bool zero_strides : {false, true}) {
+      Tensor t = Tensor::contiguous(&dummy, DType::f32, {shape[0], shape[1], shape[2]});
+      if (zero_strides) t.strides = {};
+      EXPECT_NO_THROW(layer.forward(t, t)) << shape[0] << " " << shape[1] << " zero strides " << zero_strides;
+      EXPECT_NO_THROW(layer.forward_naive(t, t)) << shape[0] << " " << shape[1];
+      EXPECT_NO_THROW(single.forward(t, t)) << shape[0] << " " << shape[1];
+    }
+  }
+}
+
 TEST(Layers, BadArgumentsAreTypedErrorsAndWriteNothing) {
   MultiHeadAttention layer(bert_mini(), MultiHeadAttentionWeights::random(bert_mini(), 1));
   std::vector<float> x = normal_vector(2 * 10 * 64, 3), y(x.size(), 42.f);

@@ -55,3 +55,7 @@ def test_multi_head_attention_fast_equals_naive_and_keeps_torch():
     assert np.max(np.abs(fast - naive)) < 1e-4 * (np.max(np.abs(naive)) + 1)
     out = layer(torch.from_numpy(x), torch.from_numpy(mask))
     assert isinstance(out, torch.Tensor) and np.array_equal(out.numpy(), fast)
+    # Empty batches and sequences (NumPy gives their strides as zeros: they had been refused).
+    for shape in ((0, 19, 128), (2, 0, 128)):
+        assert layer(np.zeros(shape, np.float32)).shape == shape
+        assert layer.forward(np.zeros(shape, np.float32), naive=True).shape == shape

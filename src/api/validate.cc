@@ -60,6 +60,8 @@ Span check_view(const char* func, const std::string& name, const Tensor& t, int 
 }
 
 bool is_c_contiguous(const Tensor& t) {
+  for (int i = 0; i < t.rank; ++i)
+    if (t.shape[std::size_t(i)] == 0) return true;  // no elements: any strides describe them (NumPy agrees)
   std::int64_t stride = 1;
   for (int i = t.rank - 1; i >= 0; --i) {
     if (t.shape[std::size_t(i)] != 1 && t.strides[std::size_t(i)] != stride) return false;
