@@ -59,3 +59,31 @@ def test_multi_head_attention_fast_equals_naive_and_keeps_torch():
     for shape in ((0, 19, 128), (2, 0, 128)):
         assert layer(np.zeros(shape, np.float32)).shape == shape
         assert layer.forward(np.zeros(shape, np.float32), naive=True).shape == shape
+
+
+def test_threads_sharing_an_engine_lose_no_step():
+    # The GIL is released while a step runs: without the cache's lock, two threads' steps read the
+    # same lengths and wrote the same positions (4 threads × 500 steps lost 123 tokens).
+    import threading
+
+    rng = np.random.default_rng(5)
+    engine = mha.DecodeEngine(q_heads=4, kv_heads=2, head_dim=16, dtype="f32", max_seqs=2, max_seq_len=512,
+                              block_size=16, num_blocks=64)
+    seqs = [engine.admit(*(rng.standard_normal((3, h, 16)).astype(np.float32) for h in (4, 2, 2)))[0]
+            for _ in range(2)]
+    x = {h: rng.standard_normal((2, 1, h, 16)).astype(np.float32) for h in (2, 4)}
+    cache = engine.cache
+
+    def stepper():
+        for _ in range(100):
+            engine.step(x[4], x[2], x[2])
+            cache.length(seqs[0]), cache.block_table(seqs[1]), cache.free_blocks  # readers between steps
+
+    threads = [threading.Thread(target=stepper) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [cache.length(s) for s in seqs] == [403, 403]
+    k, _ = cache.read(seqs[0])
+    assert np.array_equal(k[3:], np.broadcast_to(x[2][0], (400, 2, 16)))
