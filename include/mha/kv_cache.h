@@ -10,6 +10,10 @@
 // scale is per token so appends never requantize what is already stored; the error of every
 // element is at most scale / 2 = max|row| / 254 (checked by the tests), and the scales add
 // 8 bytes per token and head to 2·D bytes of data.
+//
+// Threads: like a standard container, a cache (and the DecodeEngine that owns one) may be read by
+// several threads at once (decode_attention, read) but not written while it is read; callers
+// serialize writes (the Python bindings take a lock per cache).
 #pragma once
 
 #include <cstdint>
