@@ -9,6 +9,8 @@
 
 #include "check/random.h"
 #include "mha/attention.h"
+#include "mha/decode.h"
+#include "mha/kv_cache.h"
 #include "mha/layers.h"
 #include "mha/runtime.h"
 
@@ -44,6 +46,49 @@ TEST(ThreadSafety, OneMultiHeadAttentionSharedByThreadsGivesEachCallersResult) {
   for (auto& th : threads) th.join();
   EXPECT_EQ(wrong.load(), 0) << "of " << kThreads * kCalls << " calls";
   EXPECT_EQ(layer.plans_built(), 1u);
+}
+
+// kv_cache.h: a cache may be read by several threads at once. Each thread decodes its own queries
+// over one shared paged cache and gets the bits of a call made alone.
+TEST(ThreadSafety, DecodeStepsReadingOneCacheFromSeveralThreads) {
+  const std::int64_t Hq = 8, Hkv = 2, D = 32, L = 300;
+  KvCache cache({.kv_heads = Hkv,
+                 .head_dim = D,
+                 .dtype = CacheDType::bf16,
+                 .max_seqs = 2,
+                 .max_seq_len = 512,
+                 .block_size = 16});
+  std::vector<std::int32_t> seqs;
+  for (int s = 0; s < 2; ++s) {
+    seqs.push_back(cache.add_sequence());
+    const std::vector<float> k = normal_vector(std::size_t(L * Hkv * D), 20 + s),
+                             v = normal_vector(k.size(), 30 + s);
+    cache.fill(seqs.back(), Tensor::contiguous(const_cast<float*>(k.data()), DType::f32, {L, Hkv, D}),
+               Tensor::contiguous(const_cast<float*>(v.data()), DType::f32, {L, Hkv, D}));
+  }
+  constexpr int kThreads = 4, kCalls = 10;
+  std::vector<std::vector<float>> q(kThreads), want(kThreads);
+  const auto step = [&](int t, std::vector<float>& out) {
+    decode_attention(Tensor::contiguous(q[std::size_t(t)].data(), DType::f32, {2, 1, Hq, D}), cache, seqs, {},
+                     Tensor::contiguous(out.data(), DType::f32, {2, 1, Hq, D}));
+  };
+  for (int t = 0; t < kThreads; ++t) {
+    q[std::size_t(t)] = normal_vector(std::size_t(2 * Hq * D), std::uint64_t(40 + t));
+    want[std::size_t(t)].resize(q[std::size_t(t)].size());
+    step(t, want[std::size_t(t)]);
+  }
+  std::atomic<int> wrong{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&, t] {
+      std::vector<float> out(want[std::size_t(t)].size());
+      for (int i = 0; i < kCalls; ++i) {
+        step(t, out);
+        if (out != want[std::size_t(t)]) ++wrong;
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(wrong.load(), 0) << "of " << kThreads * kCalls << " calls";
 }
 
 TEST(ThreadSafety, SetNumThreadsWhileCallsRunNeitherHangsNorChangesResults) {
