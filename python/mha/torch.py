@@ -48,7 +48,7 @@ class _NoSecondDerivative(_torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, grad: Any, *inputs: Any) -> Any:
-        return grad.view_as(grad)
+        return grad.clone()  # a new tensor: views returned from a Function have in-place rules of their own
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
