@@ -156,6 +156,10 @@ std::vector<Case> backward_cases() {
       // of the gradients landed above 3× (up to 4.9×), none at D >= 2.
       {.b = 1, .nq = 80, .nk = 150, .hq = 1, .hkv = 1, .d = 1, .dv = 3, .mask = MaskKind::head_bias},
       {.b = 1, .nq = 20, .nk = 70, .hq = 2, .hkv = 1, .d = 256, .dv = 200},
+      // A group of 16 query heads on one KV head: dK and dV each sum 16 · 480 rows. Run as one f32
+      // chain across the group's heads and query blocks, dv had 3.6-4.0× the naive error here (whose
+      // products sum per head, then over heads); each block's product now starts a fresh sum.
+      {.b = 1, .nq = 480, .nk = 480, .hq = 16, .hkv = 1, .d = 4},
       {.b = 1, .nq = 80, .nk = 96, .hq = 4, .hkv = 2, .d = 64, .causal = true, .dropout_p = 0.17f},
       {.b = 2, .nq = 33, .nk = 65, .hq = 2, .hkv = 2, .d = 48, .mask = MaskKind::bias, .dropout_p = 0.5f},
       {.b = 1, .hq = 4, .hkv = 1, .d = 32, .seqlens_q = {5, 0, 70, 33}, .seqlens_k = {9, 12, 66, 0}},
