@@ -47,5 +47,16 @@ TEST(SweepBar, RejectsErrorsAboveTwiceNaive) {
   EXPECT_FALSE(meets_bar(a));
 }
 
+// `mha check --seed s` sweeps for nearby seeds are different cases: no case of one appears at the
+// same index of the other (each case's own seed is a full 64-bit draw).
+TEST(RandomCases, NearbySeedsGiveUnrelatedSweeps) {
+  for (std::uint64_t other : {3u, 11u, 1002u}) {
+    const std::vector<Case> a = random_cases(200, 2), b = random_cases(200, other);
+    int same = 0;
+    for (std::size_t i = 0; i < a.size(); ++i) same += a[i].seed == b[i].seed;
+    EXPECT_EQ(same, 0) << "seeds 2 and " << other;
+  }
+}
+
 }  // namespace
 }  // namespace mha::check
