@@ -160,6 +160,13 @@ std::vector<Case> backward_cases() {
       // chain across the group's heads and query blocks, dv had 3.6-4.0× the naive error here (whose
       // products sum per head, then over heads); each block's product now starts a fresh sum.
       {.b = 1, .nq = 480, .nk = 480, .hq = 16, .hkv = 1, .d = 4},
+      // Rows that see one key (P = 1: the naive dS is exactly 0): with delta from the forward's O
+      // and P from its lse, dq and dk had errors where the naive path has none (dropout rounds
+      // O = v / (1 - p) apart from dP). Then short rows inside one key block, with a window, a bias
+      // and empty rows, whose softmax the backward now rebuilds too.
+      {.b = 3, .nq = 13, .nk = 1, .hq = 4, .hkv = 1, .d = 128, .mask = MaskKind::bias, .dropout_p = 0.17f},
+      {.b = 2, .nq = 89, .nk = 11, .hq = 1, .hkv = 1, .d = 80, .causal = true, .window_left = 23,
+       .mask = MaskKind::bias},
       {.b = 1, .nq = 80, .nk = 96, .hq = 4, .hkv = 2, .d = 64, .causal = true, .dropout_p = 0.17f},
       {.b = 2, .nq = 33, .nk = 65, .hq = 2, .hkv = 2, .d = 48, .mask = MaskKind::bias, .dropout_p = 0.5f},
       {.b = 1, .hq = 4, .hkv = 1, .d = 32, .seqlens_q = {5, 0, 70, 33}, .seqlens_k = {9, 12, 66, 0}},

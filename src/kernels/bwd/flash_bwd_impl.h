@@ -42,18 +42,19 @@
 // computes it. On a row dominated by one key (P ≈ 1) the naive dP − rowsum shares dP's rounding
 // and cancels it; here dP and delta are rounded apart, so that row's dS keeps about
 // eps · Σ|dO||v| of error instead of (1 − P) times it. Making delta consistent needs every key
-// block of a row before any dS (a second pass over S and dP: +40 % of the work). Measured with
-// `mha check --backward --count 400 --seed 11` (1600 ISA × case runs, every other case with
-// dropout): 14 exceed 3 × the naive error: 10 f32 runs at 3.6-4.2 × (root-mean-square error
-// 0.9-3 × naive), and the 4 ISA runs of one f16 case with one key, dropout and out in f16, whose
-// naive error is 0 (O = v/(1 − p) rounded to f16 puts 2^-11·|dO||O| into delta). Computing P in double from a float64
-// lse moved none of them under the bar (P is not the cause); an exact O for delta did not either
-// (dP's own rounding is). The rows that see exactly one key are exact (delta uses the dP
-// micro-kernel's multiply-add order, so dP − delta = 0 there as in the naive path).
+// block of a row before any dS (a second pass over S and dP: +40 % of the work). A row whose
+// visible keys all lie in one key block has them all at hand, so whole_row rebuilds its softmax
+// and delta from that block as the naive path does (short sequences, narrow windows). Measured with
+// `mha check --backward --count 400 --seed 1..6` (4800 ISA × case runs, every other case with
+// dropout): 59 runs exceeded 3 × the naive error before whole_row and fresh sums per product block
+// (below), 12 after: f32 rows spanning two key blocks, and one bf16 row spanning two whose padding
+// mask leaves it one key (naive error 0). Computing P in double from a float64 lse moved none
+// under the bar (P is not the cause); an exact O for delta did not either (dP's own rounding is).
 #ifndef MHA_KERNEL_NS
 #error "define MHA_KERNEL_NS before including flash_bwd_impl.h"
 #endif
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 
@@ -235,6 +236,55 @@ void pack_queries(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows) {
   }
 }
 
+// One row's Pd (into srow) and dS (into dprow) when every key the row sees lies in this block
+// (visible lanes lo..hi): the softmax is rebuilt from the row's own scores (max, exp, sum, divide)
+// and delta = Σ P·dP from this block's dP, as the naive path computes them, not from the forward's
+// lse and O. Rounded apart, those left eps·|dP| in the dS of a row that sees one key, where the
+// naive dS is exactly 0 (P = 1); here it is 0 too, with or without dropout.
+void whole_row(const Work& w, const float* mrow, float* srow, float* dprow, std::int64_t lo,
+               std::int64_t hi) {
+  const Vec::T scale = Vec::set1(w.p.scale), neg_inf = Vec::set1(kNegInf);
+  Vec::T m = neg_inf;
+  for (std::int64_t v = 0; v < KV; ++v) {
+    const std::int64_t jv = v * N, l0 = lo - jv, l1 = hi - jv;
+    Vec::T x = Vec::mul(Vec::load(srow + jv), scale);
+    if (mrow != nullptr) x = Vec::add(x, Vec::load(mrow + jv));
+    x = Vec::keep_lanes(x, int(std::clamp<std::int64_t>(l0, -1, N)),
+                        int(std::clamp<std::int64_t>(l1, -1, N - 1)), neg_inf);
+    Vec::store(srow + jv, x);
+    m = Vec::max(m, x);
+  }
+  float lanes[N];
+  Vec::store(lanes, m);
+  float top = lanes[0];
+  for (int l = 1; l < N; ++l) top = lanes[l] > top ? lanes[l] : top;
+  const Vec::T vtop = Vec::set1(top);
+  Vec::T sum = Vec::zero();
+  for (std::int64_t v = 0; v < KV; ++v) {
+    const Vec::T e = exp(Vec::sub(Vec::load(srow + v * N), vtop));  // masked lanes: exp(-inf) = 0
+    Vec::store(srow + v * N, e);
+    sum = Vec::add(sum, e);
+  }
+  const Vec::T total = Vec::set1(Vec::hsum(sum));
+  Vec::T dsum = Vec::zero();
+  for (std::int64_t v = 0; v < KV; ++v) {
+    const std::int64_t jv = v * N;
+    const Vec::T pr = Vec::div(Vec::load(srow + jv), total);
+    Vec::T dpv = Vec::load(dprow + jv);
+    if (w.dropout) dpv = Vec::mul(dpv, Vec::load(w.drow + jv));
+    Vec::store(srow + jv, pr);
+    Vec::store(dprow + jv, dpv);
+    dsum = Vec::fmadd(pr, dpv, dsum);
+  }
+  const Vec::T delta = Vec::set1(Vec::hsum(dsum));
+  for (std::int64_t v = 0; v < KV; ++v) {
+    const std::int64_t jv = v * N;
+    const Vec::T pr = Vec::load(srow + jv);
+    Vec::store(srow + jv, w.dropout ? Vec::mul(pr, Vec::load(w.drow + jv)) : pr);
+    Vec::store(dprow + jv, Vec::mul(pr, Vec::sub(Vec::load(dprow + jv), delta)));
+  }
+}
+
 // S (scores) and dP (dO·Vᵀ) -> P·keep/(1-p) in S and dS in dP, row by row, keys along the lanes.
 void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, std::int64_t j0,
                   std::int64_t cols) {
@@ -266,6 +316,15 @@ void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, s
     }
     float* srow = w.S + r * BK;
     float* dprow = w.dP + r * BK;
+    // The row's first and last visible keys of the whole sequence.
+    const std::int64_t first = p.window_left < 0 ? 0 : std::max<std::int64_t>(0, i + w.off - p.window_left);
+    const std::int64_t last = p.window_right < 0
+                                  ? w.s.len_k - 1
+                                  : std::min<std::int64_t>(w.s.len_k - 1, i + w.off + p.window_right);
+    if (lse != kNegInf && first >= j0 && last < j0 + cols) {
+      whole_row(w, mbase != nullptr ? w.mrow : nullptr, srow, dprow, first - j0, last - j0);
+      continue;
+    }
     for (std::int64_t v = 0; v < KV; ++v) {
       const std::int64_t jv = v * N;
       if (jv > hi || jv + N - 1 < lo) {  // nothing visible in these lanes
@@ -276,7 +335,8 @@ void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, s
       Vec::T x = Vec::mul(Vec::load(srow + jv), scale);
       if (mbase != nullptr) x = Vec::add(x, Vec::load(w.mrow + jv));
       const std::int64_t l0 = lo - jv, l1 = hi - jv;
-      x = Vec::keep_lanes(x, int(l0 < -1 ? -1 : l0 > N ? N : l0), int(l1 > N - 1 ? N - 1 : l1), neg_inf);
+      x = Vec::keep_lanes(x, int(std::clamp<std::int64_t>(l0, -1, N)), int(std::min<std::int64_t>(l1, N - 1)),
+                          neg_inf);
       // lse = -inf: no key of the row is visible, so every x is -inf too; P = 0 either way.
       const Vec::T pr = lse == kNegInf ? Vec::zero() : exp(Vec::sub(x, vlse));
       Vec::T dpv = Vec::load(dprow + jv);
