@@ -129,6 +129,24 @@ def test_native_backward_matches_oracle(isa, rng, dtype, dropout_p):
         assert_within_bar(got, r, n, dtype, factor=3.0, what=name)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 13, 1, 4, 1, 128), (1, 480, 480, 16, 1, 4)], ids=["one-key", "gqa16"])
+def test_backward_edges_match_oracle(isa, rng, dtype, shape):
+    """Rows that see one key (the naive dq, dk are exactly 0; dropout rounds O = v / (1 - p) apart
+    from dP), and a 16-head group whose dk, dv sum 16 x 480 rows."""
+    b, nq, nk, hq, hkv, d = shape
+    q, k, v = inputs(rng, b, nq, nk, hq, hkv, d, d, dtype)
+    dout = rng.standard_normal((b, nq, hq, d)).astype(NP[dtype])
+    opts = dict(dropout_p=0.17, dropout_seed=5, dropout_offset=1) if nk == 1 else {}
+    out, lse = mha.attention(q, k, v, **opts)
+    grads = mha.attention_backward(q, k, v, out, dout, lse, **opts)
+    keep = mha.flash.keep_mask(q, b, hq, nq, nk, 0.17, 5, 1) if nk == 1 else None
+    o = dict(keep=keep, dropout_p=0.17 if keep is not None else 0.0)
+    ref, naive = backward(q, k, v, dout, **o), backward(q, k, v, dout, work=np.float32, store=dtype, **o)
+    for got, r, n, name in zip(grads, ref, naive, ("dq", "dk", "dv")):
+        assert_within_bar(got, r, n, dtype, factor=3.0, what=name)
+
+
 def test_same_bits_for_any_thread_count(rng):
     q, k, v = inputs(rng, 1, 300, 300, 4, 1, 64, 64, "f32")
     before = mha.num_threads()
