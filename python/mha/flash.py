@@ -1,6 +1,7 @@
 """FlashAttention's calls (flash_attn_func, flash_attn_varlen_func) on mha's CPU kernels, with
 FlashAttention's names, arguments, layouts and semantics: BSHD arrays, causal aligned bottom-right,
-window_size = (left, right) with -1 unbounded, GQA/MQA when k and v have fewer heads.
+window_size = (left, right) with -1 unbounded (causal sets right to 0, as FlashAttention does:
+`causal=True, window_size=(w, w)` is a causal sliding window), GQA/MQA when k and v have fewer heads.
 
 Differences: mha is always deterministic (`deterministic` is accepted and has no effect);
 `softcap` and `alibi_slopes` are not supported (NotImplementedError); dropout draws from
@@ -19,6 +20,14 @@ from ._arrays import invalid
 from ._core import Call, run_forward, window_pair
 
 
+def flash_window(window_size: Any, causal: bool) -> tuple[int, int]:
+    """(left, right) as FlashAttention reads them: causal overrides right with 0. mha's own calls
+    refuse causal with a right window instead; callers written for FlashAttention pass
+    (sliding_window, sliding_window) with causal=True and expect a causal sliding window."""
+    left, right = window_pair(window_size)
+    return left, 0 if causal else right
+
+
 def _unsupported(softcap: float, alibi_slopes: Any) -> None:
     if softcap != 0.0:
         raise invalid("softcap", f"softcap = {softcap}: mha has no logit soft-capping, expected 0.0", NotImplementedError)
@@ -35,7 +44,7 @@ def _cached_call(layout: str, dropout_p: float, scale: Optional[float], causal: 
 def flash_call(layout: str, dropout_p: float, softmax_scale: Optional[float], causal: bool, window_size: Any,
                softcap: float, alibi_slopes: Any, cu_seqlens_q: Any = None, cu_seqlens_k: Any = None) -> Call:
     _unsupported(softcap, alibi_slopes)
-    left, right = window_pair(window_size)
+    left, right = flash_window(window_size, causal)
     if cu_seqlens_q is None:  # the common call: one Call object per distinct set of options
         return _cached_call(layout, float(dropout_p), None if softmax_scale is None else float(softmax_scale),
                             bool(causal), left, right)
@@ -141,7 +150,7 @@ def flash_attn_with_kvcache(q: Any, k_cache: Any, v_cache: Any, k: Any = None, v
             raise invalid("block_table", f"block_table: shape {tuple(table.shape)}, expected [batch = {batch}, "
                                          "max_blocks]")
         table = table.reshape(-1)
-    left, right = window_pair(window_size)
+    left, right = flash_window(window_size, causal)
     out = _arrays.empty(q, tuple(q.shape), dt)
     lse = _arrays.empty(q, (batch, q.shape[2], q.shape[1]), "f32") if return_softmax_lse and q.ndim == 4 else None
     v_ = _arrays.view

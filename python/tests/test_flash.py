@@ -52,6 +52,24 @@ def test_scale_and_fully_masked_rows(rng):
     assert_within_bar(out, ref, forward(q, k, v, scale=0.3, window=(0, 0), work=np.float32)[0], "f32")
 
 
+def test_causal_sets_the_right_window_to_zero(rng):
+    """FlashAttention's rule: with causal=True, window_size=(w, w) is a causal window of w keys back
+    (code written for it passes the sliding window twice). mha.attention refuses the pair instead."""
+    q, k, v = inputs(rng, 2, 37, 53, 4, 2, 32, 32, "f32")
+    out = mha.flash_attn_func(q, k, v, causal=True, window_size=(9, 9))
+    assert np.array_equal(out, mha.flash_attn_func(q, k, v, causal=True, window_size=(9, 0)))
+    ref, _, _ = forward(q, k, v, causal=True, window=(9, -1))
+    assert_within_bar(out, ref, forward(q, k, v, causal=True, window=(9, -1), work=np.float32)[0], "f32")
+    cu = np.array([0, 37], np.int32), np.array([0, 53], np.int32)
+    packed = mha.flash_attn_varlen_func(q[0], k[0], v[0], *cu, 37, 53, causal=True, window_size=(9, 4))
+    assert np.array_equal(packed, out[0])
+    cached = [mha.flash_attn_with_kvcache(q, k.copy(), v.copy(), cache_seqlens=53, causal=True, window_size=w)
+              for w in ((9, 9), (9, 0))]
+    assert np.array_equal(cached[0], cached[1])
+    with pytest.raises(ValueError, match="window_right"):
+        mha.attention(q, k, v, causal=True, window_size=(9, 9))
+
+
 def test_strided_views_are_read_in_place(rng):
     """BHSD storage seen as BSHD (a transposed view), and a sliced head dim: no copies needed."""
     base = rng.standard_normal((2, 4, 33, 80)).astype(np.float32)  # [B, H, S, D+16]
