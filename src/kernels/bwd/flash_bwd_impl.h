@@ -236,6 +236,15 @@ void pack_queries(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows) {
   }
 }
 
+// scale·S + mask of keys jv .. jv + N − 1 of a row, −inf outside its visible lanes lo..hi.
+inline Vec::T visible_scores(const float* srow, const float* mrow, std::int64_t jv, std::int64_t lo,
+                             std::int64_t hi, Vec::T scale) {
+  Vec::T x = Vec::mul(Vec::load(srow + jv), scale);
+  if (mrow != nullptr) x = Vec::add(x, Vec::load(mrow + jv));
+  return Vec::keep_lanes(x, int(std::clamp<std::int64_t>(lo - jv, -1, N)),
+                         int(std::clamp<std::int64_t>(hi - jv, -1, N - 1)), Vec::set1(kNegInf));
+}
+
 // One row's Pd (into srow) and dS (into dprow) when every key the row sees lies in this block
 // (visible lanes lo..hi): the softmax is rebuilt from the row's own scores (max, exp, sum, divide)
 // and delta = Σ P·dP from this block's dP, as the naive path computes them, not from the forward's
@@ -243,15 +252,11 @@ void pack_queries(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows) {
 // naive dS is exactly 0 (P = 1); here it is 0 too, with or without dropout.
 void whole_row(const Work& w, const float* mrow, float* srow, float* dprow, std::int64_t lo,
                std::int64_t hi) {
-  const Vec::T scale = Vec::set1(w.p.scale), neg_inf = Vec::set1(kNegInf);
-  Vec::T m = neg_inf;
+  const Vec::T scale = Vec::set1(w.p.scale);
+  Vec::T m = Vec::set1(kNegInf);
   for (std::int64_t v = 0; v < KV; ++v) {
-    const std::int64_t jv = v * N, l0 = lo - jv, l1 = hi - jv;
-    Vec::T x = Vec::mul(Vec::load(srow + jv), scale);
-    if (mrow != nullptr) x = Vec::add(x, Vec::load(mrow + jv));
-    x = Vec::keep_lanes(x, int(std::clamp<std::int64_t>(l0, -1, N)),
-                        int(std::clamp<std::int64_t>(l1, -1, N - 1)), neg_inf);
-    Vec::store(srow + jv, x);
+    const Vec::T x = visible_scores(srow, mrow, v * N, lo, hi, scale);
+    Vec::store(srow + v * N, x);
     m = Vec::max(m, x);
   }
   float lanes[N];
@@ -290,12 +295,12 @@ void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, s
                   std::int64_t cols) {
   const AttentionParams& p = w.p;
   const Vec::T scale = Vec::set1(p.scale);
-  const Vec::T neg_inf = Vec::set1(kNegInf);
   const auto bh = std::uint32_t(w.it.b * p.hq + h);
   const std::size_t msz = elem_size(p.mask_dtype);
   const char* mbase = p.mask == nullptr ? nullptr
                                         : static_cast<const char*>(p.mask) +
                                               msz * std::size_t(w.it.b * p.mask_stride[0] + h * p.mask_stride[1]);
+  const float* mrow = mbase != nullptr ? w.mrow : nullptr;  // this row's mask, filled below
   const std::int64_t stat_base = (w.s.batch_index * p.hq + h) * w.bp.rows + w.s.q_offset;
   for (std::int64_t r = 0; r < rows; ++r) {
     const std::int64_t i = i0 + r;
@@ -303,10 +308,12 @@ void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, s
                             (w.s.q_offset + i) * p.lse_stride[2]];
     const Vec::T vlse = Vec::set1(lse);
     const Vec::T delta = Vec::set1(w.bp.delta[stat_base + i]);
-    // Visible keys of row i, relative to j0: [lo, hi].
-    std::int64_t lo = p.window_left < 0 ? 0 : i + w.off - p.window_left - j0;
-    std::int64_t hi = p.window_right < 0 ? cols - 1 : i + w.off + p.window_right - j0;
-    if (hi > cols - 1) hi = cols - 1;
+    // Row i's first and last visible keys of the sequence, and of this block relative to j0.
+    const std::int64_t first = p.window_left < 0 ? 0 : std::max<std::int64_t>(0, i + w.off - p.window_left);
+    const std::int64_t last = p.window_right < 0
+                                  ? w.s.len_k - 1
+                                  : std::min<std::int64_t>(w.s.len_k - 1, i + w.off + p.window_right);
+    const std::int64_t lo = first - j0, hi = std::min<std::int64_t>(last - j0, cols - 1);
     if (mbase != nullptr)
       for (std::int64_t j = 0; j < cols; ++j)
         w.mrow[j] = load_f32(mbase, p.mask_dtype, i * p.mask_stride[2] + (j0 + j) * p.mask_stride[3]);
@@ -316,13 +323,8 @@ void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, s
     }
     float* srow = w.S + r * BK;
     float* dprow = w.dP + r * BK;
-    // The row's first and last visible keys of the whole sequence.
-    const std::int64_t first = p.window_left < 0 ? 0 : std::max<std::int64_t>(0, i + w.off - p.window_left);
-    const std::int64_t last = p.window_right < 0
-                                  ? w.s.len_k - 1
-                                  : std::min<std::int64_t>(w.s.len_k - 1, i + w.off + p.window_right);
-    if (lse != kNegInf && first >= j0 && last < j0 + cols) {
-      whole_row(w, mbase != nullptr ? w.mrow : nullptr, srow, dprow, first - j0, last - j0);
+    if (lse != kNegInf && lo >= 0 && last < j0 + cols) {
+      whole_row(w, mrow, srow, dprow, lo, hi);
       continue;
     }
     for (std::int64_t v = 0; v < KV; ++v) {
@@ -332,11 +334,7 @@ void softmax_grad(Work& w, std::int64_t h, std::int64_t i0, std::int64_t rows, s
         Vec::store(dprow + jv, Vec::zero());
         continue;
       }
-      Vec::T x = Vec::mul(Vec::load(srow + jv), scale);
-      if (mbase != nullptr) x = Vec::add(x, Vec::load(w.mrow + jv));
-      const std::int64_t l0 = lo - jv, l1 = hi - jv;
-      x = Vec::keep_lanes(x, int(std::clamp<std::int64_t>(l0, -1, N)), int(std::min<std::int64_t>(l1, N - 1)),
-                          neg_inf);
+      const Vec::T x = visible_scores(srow, mrow, jv, lo, hi, scale);
       // lse = -inf: no key of the row is visible, so every x is -inf too; P = 0 either way.
       const Vec::T pr = lse == kNegInf ? Vec::zero() : exp(Vec::sub(x, vlse));
       Vec::T dpv = Vec::load(dprow + jv);
